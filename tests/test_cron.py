@@ -1,0 +1,59 @@
+"""functions/cron.py: authentication and one worker pass, as the Vercel cron calls it."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+import functions.cron as cron
+
+
+@pytest.fixture
+def client(monkeypatch, db_url):
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("CRON_SECRET", "s3cret-for-tests")
+    monkeypatch.setenv("EXAMQ_CRON_BUDGET_SECONDS", "20")
+    monkeypatch.setattr(cron, "_queue", None)
+    yield TestClient(cron.app)
+    if cron._queue is not None:
+        cron._queue.transport.close()
+    monkeypatch.setattr(cron, "_queue", None)
+
+
+def test_cron_refuses_missing_or_wrong_secret(client):
+    assert client.get("/api/cron").status_code == 401
+    assert client.get("/api/cron", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/cron", headers={"Authorization": "s3cret-for-tests"}).status_code == 401
+
+
+def test_cron_without_configured_secret_is_a_clear_500(client, monkeypatch):
+    monkeypatch.delenv("CRON_SECRET")
+
+    response = client.get("/api/cron", headers={"Authorization": "Bearer anything"})
+
+    assert response.status_code == 500
+    assert "CRON_SECRET" in response.json()["error"]
+
+
+def test_cron_with_bad_configuration_names_the_variable(client, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "mysql://nope")
+
+    response = client.get("/api/cron", headers={"Authorization": "Bearer s3cret-for-tests"})
+
+    assert response.status_code == 500
+    assert "DATABASE_URL" in response.json()["error"]
+
+
+def test_cron_runs_a_pass_and_reports_counts(client, queue):
+    ok = queue.enqueue("system.noop")
+    retry = queue.enqueue("system.noop", {"fail": "retryable"})
+    dead = queue.enqueue("system.noop", {"fail": "permanent"})
+
+    response = client.get("/api/cron", headers={"Authorization": "Bearer s3cret-for-tests"})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["claimed"], body["succeeded"], body["retried"], body["failed"]) == (3, 1, 1, 1)
+    assert queue.get(ok.id).status == "succeeded"
+    assert queue.get(retry.id).status == "queued"
+    assert queue.get(dead.id).status == "dead"

@@ -1,0 +1,188 @@
+"""The queue's lifecycle through the Python client on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from examq.errors import (
+    InvalidInput,
+    InvalidState,
+    JobNotFound,
+    LeaseLost,
+    PayloadTooLarge,
+    UnknownJobType,
+)
+from tests.conftest import FREE_USER, PRO_USER
+
+
+def expire_lease(sql, job_id: int) -> None:
+    """Move a running job's lease into the past, as if its worker had stopped long ago."""
+    sql.execute(
+        "update jobs set lease_expires_at = now() - interval '1 second' where id = %s", (job_id,)
+    )
+
+
+def test_enqueue_claim_complete_round_trip(queue):
+    job = queue.enqueue("system.noop", {"n": 1}, user_id=PRO_USER)
+    assert job.status == "queued" and job.tier == "pro" and job.attempt == 0
+
+    [claimed] = queue.claim("w1", 10)
+    assert claimed.id == job.id and claimed.status == "running" and claimed.attempt == 1
+    assert claimed.lease_token is not None and claimed.worker_id == "w1"
+
+    outcome = queue.complete(claimed, {"ok": True})
+    assert (outcome.status, outcome.outcome) == ("succeeded", "completed")
+    done = queue.get(job.id)
+    assert done.result == {"ok": True} and done.finished_at is not None
+
+
+def test_complete_repeated_with_same_lease_is_a_no_op(queue):
+    queue.enqueue("system.noop")
+    [job] = queue.claim("w1")
+    queue.complete(job, {"first": True})
+
+    again = queue.complete(job, {"second": True})
+
+    assert again.outcome == "already_completed"
+    assert queue.get(job.id).result == {"first": True}
+
+
+def test_late_complete_after_takeover_raises_lease_lost(queue, sql):
+    queue.enqueue("system.noop")
+    [stale] = queue.claim("w1")
+    expire_lease(sql, stale.id)
+    [fresh] = queue.claim("w2")
+    assert fresh.id == stale.id and fresh.attempt == 2
+
+    with pytest.raises(LeaseLost):
+        queue.complete(stale, {"from": "stale"})
+
+    assert queue.complete(fresh, {"from": "fresh"}).outcome == "completed"
+    assert queue.get(stale.id).result == {"from": "fresh"}
+
+
+def test_retryable_failure_is_scheduled_later(queue):
+    queue.enqueue("system.noop", max_attempts=3)
+    [job] = queue.claim("w1")
+
+    outcome = queue.fail(job, "connection reset", "retryable")
+
+    assert outcome.outcome == "retry_scheduled" and outcome.status == "queued"
+    retried = queue.get(job.id)
+    assert retried.run_at > job.started_at
+    assert retried.last_error == "connection reset" and retried.error_kind == "retryable"
+    assert queue.claim("w1") == []  # not before its run_at
+
+
+def test_permanent_failure_goes_dead_at_once(queue):
+    queue.enqueue("system.noop", max_attempts=5)
+    [job] = queue.claim("w1")
+
+    outcome = queue.fail(job, "bad input: no key column", "permanent")
+
+    assert outcome.status == "dead"
+    dead = queue.get(job.id)
+    assert dead.attempt == 1 and dead.error_kind == "permanent"
+    assert dead.last_error == "bad input: no key column"
+
+
+def test_last_attempt_failure_goes_dead(queue):
+    queue.enqueue("system.noop", max_attempts=1)
+    [job] = queue.claim("w1")
+
+    assert queue.fail(job, "timeout").status == "dead"
+    assert queue.get(job.id).error_kind == "exhausted"
+
+
+def test_expired_last_attempt_goes_dead_once(queue, sql):
+    queue.enqueue("system.noop", max_attempts=1)
+    [job] = queue.claim("w1")
+    expire_lease(sql, job.id)
+
+    assert queue.claim("w2") == []
+
+    dead = queue.get(job.id)
+    assert dead.status == "dead" and dead.error_kind == "lease_expired"
+    events = sql.execute(
+        "select count(*) from job_events where job_id = %s and to_status = 'dead'", (job.id,)
+    ).fetchone()[0]
+    assert events == 1
+
+
+def test_fail_accepts_any_error_text(queue):
+    queue.enqueue("system.noop", max_attempts=1)
+    [job] = queue.claim("w1")
+
+    queue.fail(job, "nul\x00 and lone surrogate \ud800 and " + "x" * 10000)
+
+    error = queue.get(job.id).last_error
+    assert error.startswith("nul and lone surrogate") and len(error) <= 4000
+
+
+def test_enqueue_refuses_bad_input_naming_the_problem(queue):
+    with pytest.raises(UnknownJobType, match="no.such"):
+        queue.enqueue("no.such")
+    with pytest.raises(UnknownJobType, match="free tier"):
+        queue.enqueue("system.noop", user_id=FREE_USER)
+    with pytest.raises(PayloadTooLarge, match="free tier"):
+        queue.enqueue("exam.grade", {"blob": "x" * 300_000}, user_id=FREE_USER)
+    with pytest.raises(InvalidInput, match="delay_seconds"):
+        queue.enqueue("system.noop", delay_seconds=-1)
+    with pytest.raises(InvalidInput):
+        queue.enqueue("system.noop", {"text": "nul\x00"})
+
+
+def test_idempotency_key_returns_the_same_job(queue):
+    first = queue.enqueue("system.noop", {"v": 1}, user_id=PRO_USER, idempotency_key="k1")
+    second = queue.enqueue("system.noop", {"v": 2}, user_id=PRO_USER, idempotency_key="k1")
+
+    assert second.id == first.id and second.payload == {"v": 1}
+
+
+def test_cancel_queued_and_running(queue):
+    queued = queue.enqueue("system.noop")
+    assert queue.cancel(queued.id).outcome == "cancelled"
+    assert queue.get(queued.id).status == "cancelled"
+
+    queue.enqueue("system.noop")
+    [running] = queue.claim("w1")
+    assert queue.cancel(running.id).outcome == "cancel_requested"
+    assert queue.heartbeat(running, progress=10).cancel_requested is True
+    assert queue.fail(running, "stopped", "cancelled").status == "cancelled"
+
+
+def test_requeue_dead_job(queue):
+    queue.enqueue("system.noop", max_attempts=1)
+    [job] = queue.claim("w1")
+    queue.fail(job, "boom", "permanent")
+
+    assert queue.requeue(job.id).status == "queued"
+    [again] = queue.claim("w1")
+    assert again.id == job.id and again.attempt == 1
+
+    with pytest.raises(InvalidState):
+        queue.requeue(job.id)
+
+
+def test_unknown_job_raises_not_found(queue):
+    with pytest.raises(JobNotFound):
+        queue.get(10**12)
+    with pytest.raises(JobNotFound):
+        queue.cancel(10**12)
+
+
+def test_heartbeat_records_progress_and_eta(queue):
+    queue.enqueue("system.noop")
+    [job] = queue.claim("w1")
+
+    beat = queue.heartbeat(job, progress=50, message="half way")
+
+    assert beat.cancel_requested is False and beat.progress == 50
+    current = queue.get(job.id)
+    assert current.progress_message == "half way" and current.eta_at is not None
+    with pytest.raises(InvalidInput):
+        queue.heartbeat(job, progress=101)
+    with pytest.raises(LeaseLost):
+        queue.heartbeat(job.model_copy(update={"lease_token": uuid.uuid4()}), progress=60)

@@ -1,0 +1,113 @@
+"""The worker: handler outcomes, retries, budget, and concurrent passes."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from examq.db import PsycopgTransport
+from examq.errors import PermanentError, RetryableError
+from examq.queue import Queue
+from examq.worker import Worker
+
+
+def test_handler_success_completes_the_job(queue):
+    job = queue.enqueue("system.noop")
+    summary = Worker(queue).run_pass(10)
+
+    assert (summary.claimed, summary.succeeded) == (1, 1)
+    assert queue.get(job.id).status == "succeeded"
+
+
+def test_retryable_error_is_retried_later(queue):
+    job = queue.enqueue("system.noop", {"fail": "retryable", "message": "service busy"})
+
+    summary = Worker(queue).run_pass(10)
+
+    assert summary.retried == 1
+    after = queue.get(job.id)
+    assert after.status == "queued" and after.attempt == 1
+    assert after.last_error == "service busy" and after.run_at > after.started_at
+
+
+def test_unexpected_exception_counts_as_retryable(queue):
+    def crash(payload, ctx):
+        raise ZeroDivisionError("division by zero")
+
+    job = queue.enqueue("system.noop")
+    Worker(queue, handlers={"system.noop": crash}).run_pass(10)
+
+    after = queue.get(job.id)
+    assert after.status == "queued" and "ZeroDivisionError" in after.last_error
+
+
+def test_permanent_error_fails_at_once_with_its_message(queue):
+    job = queue.enqueue("system.noop", {"fail": "permanent", "message": "key has no item column"})
+
+    summary = Worker(queue).run_pass(10)
+
+    assert summary.failed == 1 and summary.retried == 0
+    after = queue.get(job.id)
+    assert after.status == "dead" and after.attempt == 1
+    assert after.last_error == "key has no item column"
+
+
+def test_progress_reaches_the_database_and_cancel_stops_the_handler(queue):
+    seen = []
+    job = queue.enqueue("system.sleep")
+
+    def handler(payload, ctx):
+        ctx.report_progress(25, "quarter")
+        seen.append(queue.get(ctx.job_id).progress)
+        queue.cancel(ctx.job_id)
+        ctx.report_progress(100, "done")  # raises JobCancelled
+        raise AssertionError("the handler should have been stopped")
+
+    summary = Worker(queue, handlers={"system.sleep": handler}, progress_interval_seconds=0).run_pass(10)
+
+    assert seen == [25.0]
+    assert summary.cancelled == 1
+    assert queue.get(job.id).status == "cancelled"
+
+
+def test_pass_stops_claiming_when_budget_is_spent(queue):
+    for _ in range(5):
+        queue.enqueue("system.noop")
+    calls = []
+
+    def slow(payload, ctx):
+        calls.append(ctx.job_id)
+        return {}
+
+    # A zero budget leaves no time to claim at all.
+    summary = Worker(queue, handlers={"system.noop": slow}).run_pass(0)
+
+    assert summary.claimed == 0 and calls == []
+
+
+def test_two_concurrent_passes_never_run_a_job_twice(db_url):
+    queue = Queue(PsycopgTransport(db_url))
+    ids = {queue.enqueue("system.noop").id for _ in range(60)}
+    runs: Counter[int] = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(2)
+
+    def handler(payload, ctx):
+        with lock:
+            runs[ctx.job_id] += 1
+        return {}
+
+    def one_pass(name):
+        worker_queue = Queue(PsycopgTransport(db_url))
+        start.wait()
+        Worker(worker_queue, handlers={"system.noop": handler}, worker_id=name, batch_size=3).run_pass(30)
+
+    threads = [threading.Thread(target=one_pass, args=(f"w{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert set(runs) == ids
+    assert max(runs.values()) == 1
+    assert all(queue.get(i).status == "succeeded" for i in ids)
