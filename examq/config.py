@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, alias="EXAMQ_DATA_DIR")
     worker_batch_size: int = Field(default=5, ge=1, le=1000, alias="EXAMQ_WORKER_BATCH_SIZE")
     cron_budget_seconds: float = Field(default=50.0, gt=0, le=900, alias="EXAMQ_CRON_BUDGET_SECONDS")
+    retention_days: float = Field(default=30.0, ge=0.05, le=3650, alias="EXAMQ_RETENTION_DAYS")
     log_format: Literal["auto", "json", "text"] = Field(default="auto", alias="EXAMQ_LOG_FORMAT")
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = Field(
         default="INFO", alias="EXAMQ_LOG_LEVEL"

@@ -6,6 +6,7 @@ results. It never composes a transition out of several calls.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from examq.db import Transport
+from examq.errors import InvalidInput
 
 JobStatus = Literal["queued", "running", "succeeded", "dead", "cancelled"]
 FailureKind = Literal["retryable", "permanent", "cancelled"]
@@ -78,6 +80,39 @@ class Heartbeat(BaseModel):
     eta_at: datetime | None = None
 
 
+def check_storable(name: str, value: Any) -> None:
+    """Raise InvalidInput naming the place where ``value`` holds what PostgreSQL cannot store.
+
+    PostgreSQL text and jsonb refuse NUL characters and unpaired UTF-16 surrogates, and
+    JSON has no NaN or infinity; catching them here gives one clear error on both
+    transports instead of a driver- or server-specific one.
+    """
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            _check_text(where, item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise InvalidInput(f"{where} is {item}, which JSON cannot represent")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(f"{where} key {str(key)[:40]!r}", str(key))
+                stack.append((f"{where}.{key}", child))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
+
+
+def _check_text(where: str, text: str) -> None:
+    if "\x00" in text:
+        raise InvalidInput(f"{where} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{where} contains an unpaired surrogate (U+{ord(text[exc.start]):04X}), which is not valid text"
+        ) from exc
+
+
 def clean_text(text: str, limit: int = 4000) -> str:
     """Make any text storable in PostgreSQL: drop NULs, replace lone surrogates, cap length."""
     text = text.replace("\x00", "")
@@ -114,6 +149,9 @@ class Queue:
             "p_max_attempts": max_attempts,
         }
         params.update({k: v for k, v in optional.items() if v is not None})
+        for key in ("p_job_type", "p_payload", "p_idempotency_key"):
+            if key in params:
+                check_storable(key.removeprefix("p_"), params[key])
         return Job.model_validate(self.transport.call("enqueue_job", params))
 
     def claim(
@@ -125,6 +163,7 @@ class Queue:
         lease_seconds: int | None = None,
     ) -> list[Job]:
         """Lease up to ``limit`` ready jobs for ``worker_id``."""
+        check_storable("worker_id", worker_id)
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_limit": limit}
         if job_types is not None:
             params["p_job_types"] = job_types
@@ -152,6 +191,7 @@ class Queue:
 
     def complete(self, job: Job, result: dict[str, Any] | None = None) -> Outcome:
         """Mark the job succeeded; raises LeaseLost or InvalidState when it is no longer ours."""
+        check_storable("result", result)
         params = {"p_job_id": job.id, "p_lease_token": str(job.lease_token), "p_result": result}
         return Outcome.model_validate(self.transport.call("complete_job", params))
 
@@ -187,3 +227,13 @@ class Queue:
     def get(self, job_id: int) -> Job:
         """Read one job; raises JobNotFound."""
         return Job.model_validate(self.transport.call("get_job", {"p_job_id": job_id}))
+
+    def stats(self, window_hours: float = 24, bucket_minutes: float = 60) -> dict[str, Any]:
+        """Dashboard figures for the caller's visible jobs (see ``public.queue_stats``)."""
+        params = {"p_window": f"{window_hours} hours", "p_bucket": f"{bucket_minutes} minutes"}
+        return dict(self.transport.call("queue_stats", params))
+
+    def prune(self, older_than_days: float = 30, limit: int = 10000) -> int:
+        """Delete up to ``limit`` jobs finished more than ``older_than_days`` ago."""
+        params = {"p_older_than": f"{older_than_days} days", "p_limit": limit}
+        return int(self.transport.call("prune_jobs", params))

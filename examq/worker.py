@@ -23,6 +23,7 @@ from loguru import logger
 
 from examq.errors import (
     DatabaseError,
+    InvalidInput,
     JobCancelled,
     LeaseLost,
     PermanentError,
@@ -240,7 +241,13 @@ class Worker:
         duration = round(time.monotonic() - started, 3)
         try:
             if how == "complete":
-                answer = self.queue.complete(job, result)
+                try:
+                    answer = self.queue.complete(job, result)
+                except InvalidInput as exc:
+                    # The handler finished but its result cannot be stored: retrying
+                    # would produce the same result, so the job fails for good.
+                    how, error = "permanent", f"the job's result cannot be stored: {exc}"
+                    answer = self.queue.fail(job, error, "permanent")
             else:
                 answer = self.queue.fail(job, error or "", how)  # type: ignore[arg-type]
         except LeaseLost:

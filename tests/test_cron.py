@@ -57,3 +57,19 @@ def test_cron_runs_a_pass_and_reports_counts(client, queue):
     assert queue.get(ok.id).status == "succeeded"
     assert queue.get(retry.id).status == "queued"
     assert queue.get(dead.id).status == "dead"
+
+
+def test_cron_prunes_jobs_past_retention(client, queue, sql, monkeypatch):
+    monkeypatch.setenv("EXAMQ_RETENTION_DAYS", "1")
+    old = queue.enqueue("system.noop")
+    recent = queue.enqueue("system.noop")
+    for job in queue.claim("w", 10):
+        queue.complete(job, {})
+    sql.execute("update jobs set finished_at = now() - interval '2 days' where id = %s", (old.id,))
+
+    body = client.get("/api/cron", headers={"Authorization": "Bearer s3cret-for-tests"}).json()
+
+    assert body["pruned"] == 1
+    remaining = {row[0] for row in sql.execute("select id from jobs").fetchall()}
+    assert old.id not in remaining and recent.id in remaining
+    assert sql.execute("select count(*) from job_events where job_id = %s", (old.id,)).fetchone()[0] == 0

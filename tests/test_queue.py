@@ -186,3 +186,25 @@ def test_heartbeat_records_progress_and_eta(queue):
         queue.heartbeat(job, progress=101)
     with pytest.raises(LeaseLost):
         queue.heartbeat(job.model_copy(update={"lease_token": uuid.uuid4()}), progress=60)
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"text": "a\x00b"}, "payload.text"),
+        ({"a\x00": 1}, "payload key"),
+        ({"text": "lone \ud800"}, "payload.text"),
+        ({"nested": [1, {"x": float("nan")}]}, "payload.nested[1].x"),
+    ],
+)
+def test_unstorable_payload_is_refused_naming_where(queue, payload, named):
+    with pytest.raises(InvalidInput) as info:
+        queue.enqueue("system.noop", payload)
+    assert named in str(info.value)
+
+
+def test_unstorable_text_arguments_are_refused(queue):
+    with pytest.raises(InvalidInput, match="job_type"):
+        queue.enqueue("system\x00noop")
+    with pytest.raises(InvalidInput, match="idempotency_key"):
+        queue.enqueue("system.noop", idempotency_key="k\x00")

@@ -111,3 +111,12 @@ def test_two_concurrent_passes_never_run_a_job_twice(db_url):
     assert set(runs) == ids
     assert max(runs.values()) == 1
     assert all(queue.get(i).status == "succeeded" for i in ids)
+
+
+def test_unstorable_result_fails_the_job_permanently(queue):
+    job = queue.enqueue("system.noop")
+
+    Worker(queue, handlers={"system.noop": lambda payload, ctx: {"text": "nul\x00"}}).run_pass(10)
+
+    after = queue.get(job.id)
+    assert after.status == "dead" and "result cannot be stored" in after.last_error
