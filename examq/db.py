@@ -24,6 +24,10 @@ _SHAPES = {
 }
 
 
+# Parameters declared as SQL arrays; every other dict or list argument is jsonb.
+_ARRAY_PARAMS = {"p_job_types"}
+
+
 class Transport(Protocol):
     """Calls one SQL function of the queue and returns its decoded value."""
 
@@ -71,9 +75,7 @@ class PsycopgTransport:
         values = []
         for name, value in params.items():
             args.append(sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder()))
-            if isinstance(value, dict | list) and not (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            ):
+            if isinstance(value, dict | list) and name not in _ARRAY_PARAMS:
                 value = Jsonb(value)
             values.append(value)
         shape = _SHAPES.get(function, "value")
@@ -130,11 +132,16 @@ class SupabaseTransport:
     """Calls the SQL functions as PostgREST RPCs through supabase-py."""
 
     def __init__(self, url: str, key: str, *, client: Any = None) -> None:
-        if client is None:
-            from supabase import create_client
+        self._url = url
+        self._key = key
+        # A client handed in belongs to the caller, who closes it.
+        self._owns_client = client is None
+        self._client = client if client is not None else self._create_client()
 
-            client = create_client(url, key)
-        self._client = client
+    def _create_client(self) -> Any:
+        from supabase import create_client
+
+        return create_client(self._url, self._key)
 
     def call(self, function: str, params: Mapping[str, Any]) -> Any:
         """POST to ``/rest/v1/rpc/<function>`` and decode the answer."""
@@ -142,6 +149,8 @@ class SupabaseTransport:
         from postgrest.exceptions import APIError
 
         payload = {k: (str(v) if isinstance(v, uuid.UUID) else v) for k, v in params.items()}
+        if self._client is None:
+            self._client = self._create_client()
         try:
             response = self._client.rpc(function, payload).execute()
         except APIError as exc:
@@ -164,5 +173,9 @@ class SupabaseTransport:
         return data
 
     def close(self) -> None:
-        """Nothing to release: supabase-py opens connections per request."""
+        """Close the client's pooled HTTP connections (a later call opens new ones)."""
+        # supabase-py keeps one httpx.Client (keep-alive, HTTP/2) per PostgREST client.
+        if self._owns_client and self._client is not None:
+            self._client.postgrest.session.close()
+            self._client = None
 

@@ -61,6 +61,10 @@ class LeaseLost(DatabaseError):
     """The caller's lease on the job expired or was superseded; nothing was changed."""
 
 
+class NotificationNotFound(DatabaseError):
+    """No notification (outbox row) with that id exists."""
+
+
 class InvalidState(DatabaseError):
     """The job is not in a state that allows the requested transition."""
 
@@ -84,12 +88,21 @@ SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "EQ005": LeaseLost,
     "EQ006": InvalidState,
     "EQ007": InvalidInput,
+    "EQ008": NotificationNotFound,
     "42501": PermissionDenied,
     "22P05": InvalidInput,  # untranslatable character (a NUL in text)
     "22P02": InvalidInput,  # invalid text representation
     "22023": InvalidInput,  # invalid parameter value
     "22021": InvalidInput,  # character not in repertoire
+    # PostgREST's own codes for a JWT it refuses (expired, bad signature, bad claims).
+    "PGRST301": PermissionDenied,
+    "PGRST302": PermissionDenied,
+    "PGRST303": PermissionDenied,
 }
+
+# PostgREST cannot reach the database (PGRST000-003), or the gateway answered without a
+# JSON body (postgrest-py reports the HTTP status as the code): worth retrying later.
+_UNAVAILABLE = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "502", "503", "504", "520"}
 
 
 def error_for_sqlstate(
@@ -97,7 +110,7 @@ def error_for_sqlstate(
 ) -> DatabaseError:
     """Build the exception that corresponds to a SQLSTATE (DatabaseError if unknown)."""
     cls = SQLSTATE_ERRORS.get(sqlstate or "", DatabaseError)
-    if cls is DatabaseError and sqlstate and sqlstate[:2] in {"08", "57"}:
+    if cls is DatabaseError and sqlstate and (sqlstate[:2] in {"08", "57"} or sqlstate in _UNAVAILABLE):
         cls = Unavailable
     return cls(message, sqlstate=sqlstate, detail=detail)
 

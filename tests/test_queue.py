@@ -208,3 +208,13 @@ def test_unstorable_text_arguments_are_refused(queue):
         queue.enqueue("system\x00noop")
     with pytest.raises(InvalidInput, match="idempotency_key"):
         queue.enqueue("system.noop", idempotency_key="k\x00")
+
+
+@pytest.mark.parametrize("result", [["a", "b"], [], {"nested": ["x"]}])
+def test_any_json_result_is_stored_as_given(queue, result):
+    queue.enqueue("system.noop")
+    [job] = queue.claim("w1")
+
+    queue.complete(job, result)
+
+    assert queue.get(job.id).result == result
