@@ -95,36 +95,31 @@ STAND_IN_MARK = "Local stand-in for Supabase Auth, created by examq."
 
 
 def reset_database(url: str) -> list[str]:
-    """Drop examq's objects from the database at ``url`` and apply everything again."""
+    """Recreate the database at ``url``: empty ``public``, then stand-in, migrations, seed.
+
+    Refuses a database that looks like a real Supabase project (an ``auth`` schema the
+    stand-in did not create): resetting that would destroy its data.
+    """
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            """
-            drop schema if exists examq_internal cascade;
-            drop schema if exists supabase_migrations cascade;
-            drop table if exists public.job_events, public.jobs, public.job_types,
-              public.accounts, public.tiers cascade;
-            drop function if exists public.is_admin() cascade;
-            drop type if exists public.job_status cascade;
-            """
-        )
-        for row in conn.execute(
-            """
-            select p.oid::regprocedure::text from pg_proc p
-            join pg_namespace n on n.oid = p.pronamespace
-            where n.nspname = 'public' and p.proname = any(%s)
-            """,
-            (list(_PUBLIC_FUNCTIONS),),
-        ).fetchall():
-            conn.execute(f"drop function if exists {row[0]} cascade")
+        if not _needs_stand_in(conn):
+            raise ExamqError(
+                "refusing to reset: this database has a Supabase auth schema of its own; "
+                "use `supabase db reset` for a Supabase project"
+            )
+        with conn.transaction():
+            conn.execute(
+                """
+                drop schema if exists examq_internal cascade;
+                drop schema if exists supabase_migrations cascade;
+                drop schema if exists public cascade;
+                create schema public authorization pg_database_owner;
+                grant usage on schema public to public;
+                comment on schema public is 'standard public schema';
+                """
+            )
     return apply_schema(url, seed=True)
-
-
-_PUBLIC_FUNCTIONS = (
-    "enqueue_job", "claim_jobs", "heartbeat_job", "complete_job", "fail_job",
-    "cancel_job", "requeue_job", "release_job", "get_job",
-)
 
 
 def _run_file(conn, path: Path, *, in_transaction: bool = False) -> None:

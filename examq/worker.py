@@ -164,10 +164,14 @@ class Worker:
     def _release_rest(self, jobs: list[Job], summary: PassSummary, log: Any) -> None:
         for job in jobs:
             try:
-                self.queue.release(job)
-                summary.released += 1
+                answer = self.queue.release(job)
             except LeaseLost:
                 summary.lease_lost += 1
+                continue
+            if answer.outcome == "released":
+                summary.released += 1
+            else:
+                summary.cancelled += 1
         log.info("budget spent; released unstarted jobs", released=len(jobs))
 
     def run_job(self, job: Job, summary: PassSummary | None = None) -> str:

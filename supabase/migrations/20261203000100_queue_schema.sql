@@ -273,6 +273,11 @@ grant select on public.tiers, public.accounts, public.job_types, public.jobs, pu
 grant all on public.tiers, public.accounts, public.job_types, public.jobs, public.job_events
   to service_role;
 
+-- Supabase's default privileges also grant the identity sequences to the API roles;
+-- only the writers (definer functions and the service role) need them.
+revoke all on sequence public.jobs_id_seq, public.job_events_id_seq from public, anon, authenticated;
+grant usage, select on sequence public.jobs_id_seq, public.job_events_id_seq to service_role;
+
 -- auth.uid() and is_admin() are wrapped in selects so that Postgres evaluates them
 -- once per statement instead of once per row (Supabase's RLS performance advice).
 create policy "signed-in users read tiers" on public.tiers

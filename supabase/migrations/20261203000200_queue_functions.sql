@@ -30,6 +30,9 @@ as $$
     when auth.role() = 'service_role' then 'service'
     when auth.uid() is not null then 'user'
     when auth.role() in ('anon', 'authenticated') then 'anon'
+    -- A session in an API role without claims is not trusted as the service; the
+    -- role setting survives into security definer functions.
+    when current_setting('role', true) in ('anon', 'authenticated') then 'anon'
     else 'service'
   end
 $$;
@@ -83,7 +86,7 @@ begin
     raise exception using errcode = 'EQ004', message = format('job %s not found', p_job_id);
   end if;
 
-  if v_job.lease_token is not distinct from p_lease_token and v_job.status <> 'running' then
+  if p_lease_token is not null and v_job.lease_token = p_lease_token and v_job.status <> 'running' then
     return v_job;
   end if;
 
@@ -241,7 +244,7 @@ begin
       message = format('delay_seconds must be between 0 and 31536000, not %s', p_delay_seconds);
   end if;
 
-  if p_run_at is not null and not (p_run_at between now() - interval '366 days' and now() + interval '366 days') then
+  if p_run_at is not null and not (p_run_at between now() - interval '8784 hours' and now() + interval '8784 hours') then
     raise exception using
       errcode = 'EQ007',
       message = format('run_at must be within a year of now, not %s', p_run_at);
@@ -587,6 +590,7 @@ set search_path = ''
 as $$
 declare
   v_job public.jobs;
+  v_worker_id text;
   v_error text := left(coalesce(nullif(p_error, ''), 'the job failed without a message'), 4000);
 begin
   if p_kind is null or p_kind not in ('retryable', 'permanent', 'cancelled') then
@@ -594,6 +598,12 @@ begin
       errcode = 'EQ007',
       message = format('kind must be retryable, permanent or cancelled, not %L', p_kind);
   end if;
+
+  -- The update below clears worker_id on a retry; the event names the worker.
+  select j.worker_id into v_worker_id
+  from public.jobs j
+  where j.id = p_job_id and j.status = 'running' and j.lease_token = p_lease_token
+  for update;
 
   update public.jobs j
   set status = case
@@ -643,7 +653,7 @@ begin
     end if;
 
     insert into public.job_events (job_id, user_id, actor, from_status, to_status, attempt, error, details)
-    values (v_job.id, v_job.user_id, 'worker:' || coalesce(v_job.worker_id, 'unknown'), 'running', v_job.status,
+    values (v_job.id, v_job.user_id, 'worker:' || coalesce(v_worker_id, 'unknown'), 'running', v_job.status,
             v_job.attempt, v_error, jsonb_build_object('kind', v_job.error_kind, 'run_at', v_job.run_at));
 
     return jsonb_build_object(
@@ -727,7 +737,7 @@ begin
   if v_job.status = 'running' then
     if v_job.cancel_requested_at is null then
       update public.jobs j
-      set cancel_requested_at = now(), last_error = v_reason, updated_at = now()
+      set cancel_requested_at = now(), updated_at = now()
       where j.id = p_job_id;
 
       insert into public.job_events (job_id, user_id, actor, from_status, to_status, attempt, details)
@@ -845,8 +855,9 @@ grant execute on function public.get_job(bigint) to authenticated, service_role;
 -- release_job ---------------------------------------------------------------------
 -- Called by a worker that claimed a job but will not start it (its time budget ran
 -- out). Returns the job to the queue as if this claim had not happened: the attempt
--- is given back and the job keeps its place in the claim order. Returns
--- {job_id, status, outcome: released}. Raises EQ004, EQ005.
+-- is given back and the job keeps its place in the claim order. A job whose cancel
+-- was requested meanwhile ends cancelled instead. Returns {job_id, status, outcome:
+-- released | cancelled}. Raises EQ004, EQ005.
 create function public.release_job(
   p_job_id bigint,
   p_lease_token uuid
@@ -858,15 +869,19 @@ declare
   v_job public.jobs;
 begin
   update public.jobs j
-  set status = 'queued',
-      attempt = j.attempt - 1,
-      lease_token = null,
+  set status = case when j.cancel_requested_at is null then 'queued' else 'cancelled' end::public.job_status,
+      attempt = case when j.cancel_requested_at is null then j.attempt - 1 else j.attempt end,
+      lease_token = case when j.cancel_requested_at is null then null else j.lease_token end,
       lease_expires_at = null,
-      worker_id = null,
+      worker_id = case when j.cancel_requested_at is null then null else j.worker_id end,
+      first_started_at = case when j.attempt = 1 and j.cancel_requested_at is null then null else j.first_started_at end,
+      finished_at = case when j.cancel_requested_at is null then null else now() end,
+      error_kind = case when j.cancel_requested_at is null then j.error_kind else 'cancelled' end,
       progress = null,
+      progress_message = null,
+      eta_at = null,
       updated_at = now()
   where j.id = p_job_id and j.status = 'running' and j.lease_token = p_lease_token
-    and j.cancel_requested_at is null
   returning j.* into v_job;
 
   if not found then
@@ -878,15 +893,20 @@ begin
   end if;
 
   insert into public.job_events (job_id, user_id, actor, from_status, to_status, attempt, details)
-  values (v_job.id, v_job.user_id, 'system', 'running', 'queued', v_job.attempt,
+  values (v_job.id, v_job.user_id, 'system', 'running', v_job.status, v_job.attempt,
           jsonb_build_object('released', true));
 
-  return jsonb_build_object('job_id', v_job.id, 'status', v_job.status, 'outcome', 'released');
+  return jsonb_build_object(
+    'job_id', v_job.id,
+    'status', v_job.status,
+    'outcome', case v_job.status when 'queued' then 'released' else 'cancelled' end
+  );
 end
 $$;
 
 comment on function public.release_job(bigint, uuid) is
-  'Worker call: gives back a claimed job that was not started, without using an attempt.';
+  'Worker call: gives back a claimed job that was not started, without using an attempt '
+  '(or ends it cancelled when a cancel was requested meanwhile).';
 
 revoke execute on function public.release_job(bigint, uuid) from public, anon, authenticated;
 grant execute on function public.release_job(bigint, uuid) to service_role;

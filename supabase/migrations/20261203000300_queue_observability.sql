@@ -28,11 +28,16 @@ begin
     raise exception using errcode = 'EQ007', message = 'window must be between 1 minute and 31 days';
   end if;
 
-  if p_bucket is null or p_bucket <= interval '0' or extract(epoch from p_window) / extract(epoch from p_bucket) > 1000 then
+  -- date_bin cannot bin by months or years; such buckets are refused here.
+  if p_bucket is null or p_bucket <= interval '0'
+     or extract(month from p_bucket) <> 0 or extract(year from p_bucket) <> 0
+     or extract(epoch from p_window) / extract(epoch from p_bucket) > 1000 then
     raise exception using errcode = 'EQ007', message = 'bucket must be positive and make at most 1000 points';
   end if;
 
-  v_since := now() - p_window;
+  -- Windows are measured in elapsed seconds, so a window of days means the same
+  -- span whatever the session's time zone and its daylight-saving changes.
+  v_since := now() - make_interval(secs => extract(epoch from p_window));
 
   select jsonb_build_object(
     'generated_at', now(),
@@ -138,7 +143,7 @@ begin
   with doomed as (
     select j.id
     from public.jobs j
-    where j.finished_at < now() - p_older_than
+    where j.finished_at < now() - make_interval(secs => extract(epoch from p_older_than))
     order by j.finished_at
     limit p_limit
     for update skip locked
@@ -213,7 +218,7 @@ select j.job_type,
        percentile_cont(0.95) within group (order by extract(epoch from j.finished_at - j.started_at))
          filter (where j.status = 'succeeded') as p95_run_seconds
 from public.jobs j
-where j.finished_at >= now() - interval '7 days'
+where j.finished_at >= now() - interval '168 hours'
 group by j.job_type;
 
 comment on view public.job_type_health is
@@ -228,6 +233,7 @@ comment on column public.job_type_health.mean_attempts is 'Average attempts per 
 comment on column public.job_type_health.p50_run_seconds is 'Median run time of the succeeding attempt.';
 comment on column public.job_type_health.p95_run_seconds is '95th percentile run time of the succeeding attempt.';
 
-revoke all on public.queue_depth, public.dead_letter_jobs, public.job_type_health from public, anon;
+revoke all on public.queue_depth, public.dead_letter_jobs, public.job_type_health
+  from public, anon, authenticated;
 grant select on public.queue_depth, public.dead_letter_jobs, public.job_type_health
   to authenticated, service_role;
