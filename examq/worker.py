@@ -72,6 +72,7 @@ class _RunningJob:
         self._lock = threading.Lock()
         self.cancel_requested = False
         self.lease_lost: LeaseLost | None = None
+        self.finished = False
 
     def report_progress(self, percent: float, message: str = "") -> None:
         """Record progress (throttled); raises JobCancelled once a cancel was requested."""
@@ -145,11 +146,21 @@ class Worker:
                 break
             summary.claimed += len(jobs)
 
-            for index, job in enumerate(jobs):
-                if time.monotonic() >= deadline - self._claim_margin(budget_seconds) and index > 0:
-                    self._release_rest(jobs[index:], summary, log)
-                    break
-                self.run_job(job, summary)
+            # Every lease of the batch started at the claim: the jobs still waiting
+            # their turn are kept alive too, or a slow first job would let the
+            # leases of the later ones expire before they start.
+            contexts = [self._context(job) for job in jobs]
+            stop_beating = self._keep_alive(contexts)
+            try:
+                for index, (job, context) in enumerate(zip(jobs, contexts)):
+                    if time.monotonic() >= deadline - self._claim_margin(budget_seconds) and index > 0:
+                        for waiting in contexts[index:]:
+                            waiting.finished = True
+                        self._release_rest(jobs[index:], summary, log)
+                        break
+                    self.run_job(job, summary, context=context)
+            finally:
+                stop_beating()
 
         summary.seconds = time.monotonic() - started
         log.info("worker pass finished", **summary.as_dict())
@@ -174,18 +185,24 @@ class Worker:
                 summary.cancelled += 1
         log.info("budget spent; released unstarted jobs", released=len(jobs))
 
-    def run_job(self, job: Job, summary: PassSummary | None = None) -> str:
+    def _context(self, job: Job) -> Any:
+        context: Any = _RunningJob(self.queue, job, self.progress_interval_seconds)
+        if self.on_progress is not None:
+            context = _ProgressRelay(context, self.on_progress)
+        return context
+
+    def run_job(self, job: Job, summary: PassSummary | None = None, *, context: Any = None) -> str:
         """Run one claimed job and record its outcome; returns the outcome name."""
         summary = summary if summary is not None else PassSummary()
         log = logger.bind(
             job_id=job.id, job_type=job.job_type, attempt=job.attempt, worker_id=self.worker_id
         )
-        context = _RunningJob(self.queue, job, self.progress_interval_seconds)
-        if self.on_progress is not None:
-            context = _ProgressRelay(context, self.on_progress)
+        stop_beating = (lambda: None) if context is not None else None
+        if context is None:
+            context = self._context(job)
+            stop_beating = self._keep_alive([context])
         handler = self.handlers.get(job.job_type)
         started = time.monotonic()
-        stop_beating = self._start_heartbeats(context, job)
 
         try:
             if handler is None:
@@ -205,25 +222,35 @@ class Worker:
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             outcome = self._record(log, job, started, "retryable", error=detail)
         finally:
+            context.finished = True
             stop_beating()
 
         _count(summary, outcome)
         return outcome
 
-    def _start_heartbeats(self, context: Any, job: Job) -> Any:
-        lease_seconds = 60.0
-        if job.lease_expires_at is not None and job.started_at is not None:
-            lease_seconds = max(5.0, (job.lease_expires_at - job.started_at).total_seconds())
+    def _keep_alive(self, contexts: list[Any]) -> Any:
+        """Extend the leases of the given jobs every third of the shortest lease until stopped."""
+        leases = [
+            (c.job.lease_expires_at - c.job.started_at).total_seconds()
+            for c in contexts
+            if c.job.lease_expires_at is not None and c.job.started_at is not None
+        ]
+        interval = max(5.0, min(leases, default=60.0)) / 3
         stop = threading.Event()
 
         def beat() -> None:
-            while not stop.wait(lease_seconds / 3):
-                try:
-                    context.keep_alive()
-                except DatabaseError as exc:
-                    logger.bind(job_id=job.id).warning("heartbeat failed: {}", type(exc).__name__)
+            while not stop.wait(interval):
+                for context in contexts:
+                    if context.finished:
+                        continue
+                    try:
+                        context.keep_alive()
+                    except DatabaseError as exc:
+                        logger.bind(job_id=context.job_id, worker_id=self.worker_id).warning(
+                            "heartbeat failed: {}", type(exc).__name__
+                        )
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        thread = threading.Thread(target=beat, name="examq-heartbeat", daemon=True)
         thread.start()
 
         def stop_beating() -> None:
@@ -286,6 +313,8 @@ class _ProgressRelay:
     def __init__(self, inner: _RunningJob, observer: Any) -> None:
         self._inner = inner
         self._observer = observer
+        self.job = inner.job
+        self.finished = False
         self.job_id = inner.job_id
         self.job_type = inner.job_type
         self.attempt = inner.attempt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 from examq.db import PsycopgTransport
@@ -120,3 +121,26 @@ def test_unstorable_result_fails_the_job_permanently(queue):
 
     after = queue.get(job.id)
     assert after.status == "dead" and "result cannot be stored" in after.last_error
+
+
+def test_jobs_waiting_in_a_batch_keep_their_leases(queue, sql):
+    first = queue.enqueue("system.noop")
+    second = queue.enqueue("system.noop")
+    expiry_seen = {}
+
+    def handler(payload, ctx):
+        if ctx.job_id == first.id:
+            # While the first job runs, the second one's lease is extended by the
+            # worker's heartbeat thread; wait (bounded) until that happens.
+            before = queue.get(second.id).lease_expires_at
+            deadline = time.monotonic() + 30
+            while queue.get(second.id).lease_expires_at == before:
+                assert time.monotonic() < deadline, "the waiting job's lease was never extended"
+                time.sleep(0.05)
+            expiry_seen["extended"] = True
+        return {}
+
+    sql.execute("update job_types set lease_seconds = 6 where name = 'system.noop'")
+    summary = Worker(queue, handlers={"system.noop": handler}, batch_size=2).run_pass(30)
+
+    assert summary.succeeded == 2 and expiry_seen == {"extended": True}

@@ -369,8 +369,9 @@ begin
   join public.tiers t on t.name = coalesce(a.tier, 'free')
   where r.running >= t.max_running_per_user;
 
-  -- Twice the batch is locked so that jobs dropped for a user's cap below can be
-  -- replaced by the next ones in order without a second scan.
+  -- Exactly the batch is locked: a candidate locked here but left unclaimed would be
+  -- skipped by a concurrent claim, letting later jobs overtake it. A batch may come
+  -- back short when a user's cap drops a candidate; those jobs could not run anyway.
   select array_agg(c.id) into v_ids
   from (
     select j.id
@@ -381,7 +382,7 @@ begin
       and (p_job_types is null or j.job_type = any (p_job_types))
       and (j.user_id is null or not (j.user_id = any (v_capped)))
     order by j.sort_at, j.id
-    limit p_limit * 2
+    limit p_limit
     for update skip locked
   ) c;
 
