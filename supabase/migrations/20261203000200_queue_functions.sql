@@ -67,6 +67,25 @@ $$;
 comment on function examq_internal.retry_delay_seconds(integer, double precision, double precision) is
   'Capped exponential backoff with jitter, in seconds, for a given attempt number.';
 
+-- What is wrong with a payload that PostgreSQL accepts but clients cannot read back:
+-- nesting deeper than 64 levels (JSON parsers recurse) and numbers outside the range
+-- of a double (Python refuses integers of more than 4,300 digits). Returns null when
+-- the payload is fine. Such a payload, once claimed, would break the claim of every
+-- job in its batch, so it is refused at enqueue.
+create function examq_internal.payload_problem(p_payload jsonb) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case
+    when jsonb_path_exists(p_payload, 'strict $.**{64}') then 'payload is nested more than 64 levels deep'
+    when jsonb_path_exists(p_payload, 'strict $.** ? (@.type() == "number" && (@ > 1e300 || @ < -1e300))')
+      then 'payload holds a number beyond 1e300, which JSON readers cannot represent'
+  end
+$$;
+
+comment on function examq_internal.payload_problem(jsonb) is
+  'Names what makes a payload unreadable for clients (too deep, number too large), or null.';
+
 -- Raises the error that explains why a worker call found no running job under the
 -- given lease, or returns the job when the same lease already finished it (so the
 -- caller can treat a repeated call as a no-op).
@@ -131,6 +150,7 @@ begin
         end,
         error_kind = case when j.cancel_requested_at is not null then 'cancelled' else 'lease_expired' end,
         last_error = format('lease expired: the worker stopped responding during attempt %s', j.attempt),
+        eta_at = null,
         lease_token = null,
         lease_expires_at = null,
         worker_id = null,
@@ -200,7 +220,7 @@ begin
   end if;
 
   if p_job_type is null or not exists (select from public.job_types t where t.name = p_job_type) then
-    raise exception using errcode = 'EQ001', message = format('unknown job type %L', p_job_type);
+    raise exception using errcode = 'EQ001', message = format('unknown job type %L', left(p_job_type, 100));
   end if;
 
   if v_user is null then
@@ -232,6 +252,10 @@ begin
       errcode = 'EQ002',
       message = format('payload is %s bytes; the %s tier accepts at most %s',
                        octet_length(v_payload::text), v_tier.name, v_tier.max_payload_bytes);
+  end if;
+
+  if examq_internal.payload_problem(v_payload) is not null then
+    raise exception using errcode = 'EQ007', message = examq_internal.payload_problem(v_payload);
   end if;
 
   if p_run_at is not null and p_delay_seconds is not null then
@@ -283,7 +307,10 @@ begin
   end if;
 
   if v_user is not null then
-    select count(*) into v_queued from public.jobs j where j.user_id = v_user and j.status = 'queued';
+    -- Jobs waiting for a parent count too: they become queued without another check.
+    select count(*) into v_queued
+    from public.jobs j
+    where j.user_id = v_user and j.status not in ('running', 'succeeded', 'dead', 'cancelled');
 
     if v_queued >= v_tier.max_queued_per_user then
       raise exception using
@@ -293,7 +320,9 @@ begin
     end if;
   end if;
 
-  v_run_at := coalesce(p_run_at, now() + make_interval(secs => coalesce(p_delay_seconds, 0)));
+  -- A run_at in the past means "now": it must not buy a place ahead of jobs that
+  -- were enqueued earlier.
+  v_run_at := greatest(now(), coalesce(p_run_at, now() + make_interval(secs => coalesce(p_delay_seconds, 0))));
 
   insert into public.jobs
     (job_type, user_id, tier, payload, run_at, sort_at, max_attempts, idempotency_key, parent_id)
@@ -479,12 +508,18 @@ begin
   update public.jobs j
   set lease_expires_at = greatest(j.lease_expires_at,
                                   now() + make_interval(secs => coalesce(p_extend_seconds, jt.lease_seconds))),
-      progress = coalesce(p_progress, j.progress),
+      -- Stored with two decimals; a running job never shows 100 before it ends.
+      progress = case when p_progress is null then j.progress
+                      when p_progress < 100 then least(round(p_progress::numeric, 2), 99.99)
+                      else 100 end,
       progress_message = coalesce(left(p_message, 500), j.progress_message),
       eta_at = case
         when p_progress is null then j.eta_at
         when p_progress >= 100 then now()
-        when p_progress > 0 then j.started_at + (now() - j.started_at) * (100 / p_progress)
+        -- Below half a percent the rate says nothing yet, and the estimate could
+        -- overflow; estimates beyond a year are dropped as meaningless.
+        when p_progress >= 0.5 and (now() - j.started_at) * (100 / p_progress) < interval '8760 hours'
+          then j.started_at + (now() - j.started_at) * (100 / p_progress)
         else null
       end,
       updated_at = now()
@@ -536,6 +571,9 @@ begin
   update public.jobs j
   set status = 'succeeded',
       result = p_result,
+      -- Errors of earlier attempts stay in job_events; the job itself succeeded.
+      last_error = null,
+      error_kind = null,
       progress = 100,
       progress_message = null,
       eta_at = null,
@@ -808,6 +846,8 @@ begin
       progress_message = null,
       eta_at = null,
       result = null,
+      last_error = null,
+      error_kind = null,
       finished_at = null,
       updated_at = now()
   from public.tiers t

@@ -23,14 +23,19 @@ select set_config('request.jwt.claims', :'as_service', true);
 -- Order: tier head start, then id ----------------------------------------------------
 
 select id as ent_1 from public.enqueue_job('exam.grade', p_user_id => :'enterprise') \gset
-select id as free_early
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '61 seconds') \gset
+select id as free_early from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
 select id as pro_now from public.enqueue_job('exam.grade', p_user_id => :'pro') \gset
-select id as free_late
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '59 seconds') \gset
+select id as free_late from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
 select id as ent_2 from public.enqueue_job('exam.grade', p_user_id => :'enterprise') \gset
+
+-- The free jobs were enqueued 61 s and 59 s ago.
+update public.jobs j
+set run_at = now() - v.ago,
+    sort_at = now() - v.ago - make_interval(secs => t.head_start_seconds),
+    created_at = now() - v.ago
+from (values (:free_early, interval '61 seconds'), (:free_late, interval '59 seconds')) v (id, ago),
+     public.tiers t
+where j.id = v.id and t.name = j.tier;
 
 select is(
   (select array_agg(c.id order by c.ordinality) from public.claim_jobs('w1', 10) with ordinality c),
@@ -110,17 +115,28 @@ delete from public.jobs;
 
 -- Expired leases ------------------------------------------------------------------------
 
-select id as x
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '300 seconds') \gset
-select id as y
-from public.enqueue_job('exam.grade', p_user_id => :'pro',
-                        p_run_at => now() - interval '40 seconds') \gset
+select id as x from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
+select id as y from public.enqueue_job('exam.grade', p_user_id => :'pro') \gset
+
+-- x was enqueued 300 s ago, y 40 s ago.
+update public.jobs j
+set run_at = now() - v.ago,
+    sort_at = now() - v.ago - make_interval(secs => t.head_start_seconds),
+    created_at = now() - v.ago
+from (values (:x, interval '300 seconds'), (:y, interval '40 seconds')) v (id, ago), public.tiers t
+where j.id = v.id and t.name = j.tier;
+
 select count(*) from public.claim_jobs('w1', 10);
 select lease_token as x_token_1 from public.jobs where id = :x \gset
-select id as z
-from public.enqueue_job('exam.grade', p_user_id => :'enterprise',
-                        p_run_at => now() - interval '20 seconds') \gset
+select id as z from public.enqueue_job('exam.grade', p_user_id => :'enterprise') \gset
+
+-- z was enqueued 20 s ago.
+update public.jobs j
+set run_at = now() - interval '20 seconds',
+    sort_at = now() - interval '20 seconds' - make_interval(secs => t.head_start_seconds),
+    created_at = now() - interval '20 seconds'
+from public.tiers t
+where j.id = :z and t.name = j.tier;
 
 -- y's lease expired before x's; x comes before z and z before y in claim order.
 update public.jobs set lease_expires_at = now() - interval '2 seconds' where id = :y;

@@ -2,7 +2,7 @@
 -- which job types, the payload, when it runs, its attempts, idempotency keys, parents
 -- and the queued-job quota.
 begin;
-select plan(50);
+select plan(51);
 
 \set free '00000000-0000-4000-8000-000000000001'
 \set pro '00000000-0000-4000-8000-000000000002'
@@ -64,8 +64,15 @@ select is(
   'an explicit run_at is kept as given'
 );
 select is(
-  (select j.run_at from public.jobs j where j.id = :past_job), now() - interval '1 day',
-  'a run_at in the past (within a year) is accepted as given'
+  (select row(j.run_at, j.sort_at)::text from public.jobs j where j.id = :past_job),
+  row(now(), now())::text,
+  'a run_at in the past (within a year) is accepted but means now: it cannot buy a place '
+  'ahead of earlier jobs'
+);
+select is(
+  (select array_agg(c.id order by c.ordinality) from public.claim_jobs('w1', 2) with ordinality c),
+  array[:free_job, :past_job]::bigint[],
+  'a job backdated by a day is claimed after a job of the same tier enqueued before it'
 );
 select is(
   (select j.max_attempts from public.jobs j where j.id = :one_try_job), 1,

@@ -29,9 +29,7 @@ from public.jobs j where j.id = :free_dead;
 
 select id as free_running from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
 select count(*) from public.claim_jobs('w1', 10);
-select id as free_ready
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '50 seconds') \gset
+select id as free_ready from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
 select id as free_later
 from public.enqueue_job('exam.grade', p_user_id => :'free', p_delay_seconds => 3600) \gset
 select id as pro_queued from public.enqueue_job('exam.grade', p_user_id => :'pro') \gset
@@ -52,6 +50,12 @@ update public.jobs
 set created_at = now() - interval '41 days', first_started_at = now() - interval '41 days',
     started_at = now() - interval '41 days', finished_at = now() - interval '40 days'
 where id = :pro_old;
+update public.jobs j
+set run_at = now() - interval '50 seconds',
+    sort_at = now() - interval '50 seconds' - make_interval(secs => t.head_start_seconds),
+    created_at = now() - interval '50 seconds'
+from public.tiers t
+where j.id = :free_ready and t.name = j.tier;
 
 -- queue_stats ---------------------------------------------------------------------------------
 

@@ -46,14 +46,28 @@ set local role service_role;
 -- claim_jobs ------------------------------------------------------------------------------------
 
 set local timezone = 'Pacific/Kiritimati';
-select id as free_early
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '61 seconds') \gset
+select id as free_early from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
 set local timezone = 'America/Adak';
 select id as pro_now from public.enqueue_job('exam.grade', p_user_id => :'pro') \gset
-select id as free_late
-from public.enqueue_job('exam.grade', p_user_id => :'free',
-                        p_run_at => now() - interval '59 seconds') \gset
+select id as free_late from public.enqueue_job('exam.grade', p_user_id => :'free') \gset
+
+-- The free jobs were enqueued 61 s and 59 s ago, their times moved back in each zone.
+reset role;
+set local timezone = 'Pacific/Kiritimati';
+update public.jobs j
+set run_at = now() - interval '61 seconds',
+    sort_at = now() - interval '61 seconds' - make_interval(secs => t.head_start_seconds),
+    created_at = now() - interval '61 seconds'
+from public.tiers t
+where j.id = :free_early and t.name = j.tier;
+set local timezone = 'America/Adak';
+update public.jobs j
+set run_at = now() - interval '59 seconds',
+    sort_at = now() - interval '59 seconds' - make_interval(secs => t.head_start_seconds),
+    created_at = now() - interval '59 seconds'
+from public.tiers t
+where j.id = :free_late and t.name = j.tier;
+set local role service_role;
 set local timezone = 'Pacific/Kiritimati';
 
 select is(
