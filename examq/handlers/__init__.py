@@ -29,10 +29,13 @@ Handler = Callable[[dict[str, Any], JobContext], dict[str, Any]]
 
 def registry() -> dict[str, Handler]:
     """Return the built-in handlers by job type."""
-    from examq.handlers import grade, system
+    from examq.handlers import grade, import_exam, report, system
 
     return {
         "exam.grade": grade.grade_exam,
+        "exam.import": import_exam.import_exam_file,
+        "exam.pipeline": import_exam.check_inputs,
+        "exam.report": report.report_exam,
         "system.noop": system.noop,
         "system.sleep": system.sleep,
     }

@@ -1,6 +1,9 @@
 """The ``exam.grade`` handler: score responses against a key and analyse the exam.
 
-The payload carries two CSV texts, ``key_csv`` and ``responses_csv`` (strings, or
+With an exam model (``exam_model``, or ``parent_result.exam_model`` in a chain) the
+payload is graded by ``examq.exam.grading`` instead, by each question type's rules.
+
+The plain payload carries two CSV texts, ``key_csv`` and ``responses_csv`` (strings, or
 UTF-8 bytes; a leading byte order mark is dropped). The key has a header with the
 columns ``item`` and ``key``; the responses have a header with a student id column
 (``student``, ``student_id`` or ``id``, else the first column) and one column per
@@ -23,6 +26,7 @@ import csv
 import io
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ import numpy as np
 
 from examq import analysis
 from examq.errors import PermanentError
+from examq.exam import grading
 from examq.handlers import JobContext
 
 JOB_TYPE = "exam.grade"
@@ -69,6 +74,10 @@ def grade_exam(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """
     if not isinstance(payload, dict):
         raise PermanentError(f"{JOB_TYPE}: the payload must be an object")
+    if grading.has_exam_model(payload):
+        # An exam model (inline, or from the exam.import step of a chain) is scored
+        # by each question type's rules; see examq/exam/grading.py.
+        return grading.grade_with_model(payload, ctx)
     key_text = _payload_text(payload, "key_csv")
     responses_text = _payload_text(payload, "responses_csv")
 
@@ -130,10 +139,24 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
     Raises PermanentError naming the path if the file cannot be read or is not UTF-8.
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            # Only regular files: a FIFO would block and a device never ends.
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise PermanentError(f"cannot read {path}: not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise PermanentError(
+                    f"cannot read {path}: {info.st_size} bytes is more than the "
+                    f"{MAX_FILE_BYTES // 2**20} MiB an exam file may have"
+                )
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise PermanentError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return _decode_utf8(data, str(path))
+
+
+# Larger than any tier's payload limit: a file beyond it could never be enqueued.
+MAX_FILE_BYTES = 64 * 2**20
 
 
 def _payload_text(payload: dict[str, Any], field: str) -> str:

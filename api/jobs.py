@@ -1,0 +1,1 @@
+from functions.jobs import app  # noqa: F401

@@ -1,0 +1,161 @@
+"""The exam report: an HTML page with the histogram and the item table, and a CSV of scores.
+
+Both are rendered from an ``exam.grade`` result, so the report job needs nothing but
+its parent's result. The HTML is one self-contained file (inline CSS, the histogram
+as inline SVG drawn by matplotlib) that opens from a folder, a Storage link or an
+e-mail attachment alike. Templates are Jinja2 with autoescaping, so question texts,
+student ids and titles from uploaded files can never inject markup.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+_TEMPLATES = Path(__file__).with_name("templates")
+
+TYPE_NAMES = {
+    "single_choice": "single choice",
+    "multiple_response": "multiple response",
+    "true_false": "true/false",
+    "short_answer": "short answer",
+    "numerical": "numerical",
+    "matching": "matching",
+    "essay": "essay",
+}
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader(_TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["num"] = _number
+    environment.filters["pct"] = _percent
+    environment.globals["type_names"] = TYPE_NAMES
+    return environment
+
+
+def render_html(
+    result: dict[str, Any],
+    *,
+    title: str | None = None,
+    generated_at: datetime | None = None,
+) -> str:
+    """The report page for a grading result."""
+    generated = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    exam = result.get("exam") or {}
+    flagged = [item for item in result["items"] if item.get("flag")]
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title or exam.get("title") or "Exam report",
+            exam=exam,
+            summary=result["summary"],
+            items=result["items"],
+            flagged=flagged,
+            rules=result.get("rules") or {},
+            histogram=Markup(histogram_svg(result["distribution"])),
+            generated_at=generated,
+        )
+    )
+
+
+def render_scores_csv(result: dict[str, Any]) -> str:
+    """One row per student: id, total, then the points of each gradable question."""
+    items = [item["item"] for item in result["items"]]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["student", "total", *items])
+    for student in result["students"]:
+        scores = student.get("scores") or []
+        writer.writerow(
+            [
+                _csv_safe(student["student"]),
+                _number(student["total"]),
+                *(_number(s) for s in scores),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def histogram_svg(distribution: dict[str, Any]) -> str:
+    """The histogram of totals as an SVG document (no text from uploads goes into it)."""
+    os.environ.setdefault(
+        "MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "examq-matplotlib")
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    bins = distribution["bins"]
+    lows = [b["low"] for b in bins]
+    widths = [b["high"] - b["low"] for b in bins]
+    counts = [b["count"] for b in bins]
+
+    with matplotlib.rc_context(
+        {"svg.hashsalt": "examq", "svg.fonttype": "none", "font.size": 9}
+    ):
+        figure, axes = plt.subplots(figsize=(7.0, 2.8), dpi=100)
+        try:
+            axes.bar(
+                lows,
+                counts,
+                width=widths,
+                align="edge",
+                color="#3b6ea5",
+                edgecolor="white",
+                linewidth=0.6,
+            )
+            if distribution.get("whole_points"):
+                centres = [
+                    low + width / 2 for low, width in zip(lows, widths, strict=True)
+                ]
+                step = max(1, len(centres) // 20)
+                axes.set_xticks(centres[::step], [f"{c:g}" for c in centres[::step]])
+            axes.set_xlabel("Total score")
+            axes.set_ylabel("Students")
+            axes.spines[["top", "right"]].set_visible(False)
+            axes.yaxis.get_major_locator().set_params(integer=True)
+            figure.tight_layout()
+            buffer = io.StringIO()
+            figure.savefig(buffer, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(figure)
+    svg = buffer.getvalue()
+    # Inline SVG needs no XML prolog or DOCTYPE.
+    return svg[svg.index("<svg") :]
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _csv_safe(value: str) -> str:
+    """Keep a spreadsheet from running a cell as a formula (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value

@@ -1,0 +1,348 @@
+"""functions/jobs.py: submitting as the signed-in teacher, errors as HTTP statuses, the kick."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+import functions.jobs as jobs_function
+from tests.conftest import FREE_USER, PRO_USER, shared_data
+
+SECRET = "super-secret-jwt-token-for-tests-only-0123456789"
+PROJECT = "https://proj.supabase.co"
+ANON_KEY = jwt.encode({"role": "anon", "iss": "supabase"}, SECRET, algorithm="HS256")
+SERVICE_KEY = jwt.encode(
+    {"role": "service_role", "iss": "supabase"}, SECRET, algorithm="HS256"
+)
+
+
+def token(user: str = FREE_USER, *, secret: str = SECRET, **overrides: Any) -> str:
+    claims = {
+        "sub": user,
+        "role": "authenticated",
+        "aud": "authenticated",
+        "exp": int(time.time()) + 3600,
+    }
+    claims.update(overrides)
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None}, secret, algorithm="HS256"
+    )
+
+
+def pipeline(exam: dict | None = None, responses: dict | None = None) -> dict:
+    return {
+        "job_type": "exam.pipeline",
+        "payload": {
+            "exam": exam
+            or {
+                "text": shared_data("responses", "HCIkey.csv").read_text(),
+                "name": "HCIkey.csv",
+            },
+            "responses": responses
+            or {
+                "text": shared_data("responses", "HCItest.csv").read_text(),
+                "name": "HCItest.csv",
+            },
+            "title": "HCI",
+        },
+    }
+
+
+@pytest.fixture
+def client(monkeypatch, db_url, tmp_path):
+    for name in (
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_ANON_KEY",
+        "EXAMQ_REPORTS_DIR",
+        "EXAMQ_STORAGE_DIR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
+    monkeypatch.setenv("EXAMQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "20")
+    monkeypatch.setattr(jobs_function, "_queue", None)
+    yield TestClient(jobs_function.app)
+    if jobs_function._queue is not None:
+        jobs_function._queue.transport.close()
+    monkeypatch.setattr(jobs_function, "_queue", None)
+
+
+def post(client: TestClient, body: Any, bearer: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    return client.post("/api/jobs", json=body, headers=headers)
+
+
+def test_jobs_api_runs_the_pipeline_as_the_teacher_before_answering(
+    client, sql
+) -> None:
+    response = post(client, pipeline(), token())
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "succeeded" and body["pass"]["succeeded"] == 4
+    assert [(j["job_type"], j["status"]) for j in body["jobs"]] == [
+        ("exam.pipeline", "succeeded"), ("exam.import", "succeeded"), ("exam.grade", "succeeded"), ("exam.report", "succeeded"),
+    ]  # fmt: skip
+    assert round(body["report"]["summary"]["alpha"], 4) == 0.7155 and body["report"][
+        "links"
+    ]["html"].startswith("file://")
+    owners = sql.execute("select distinct user_id::text, tier from jobs").fetchall()
+    assert owners == [(FREE_USER, "free")]
+    actor = sql.execute(
+        "select actor from job_events where job_id = %s order by id limit 1",
+        (body["chain_id"],),
+    ).fetchone()
+    assert actor == (f"user:{FREE_USER}",)
+
+
+def test_jobs_api_enqueues_a_single_job_and_skips_the_pass_when_told(
+    client, monkeypatch, sql
+) -> None:
+    monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "0")
+
+    response = post(
+        client,
+        {"job_type": "system.noop", "payload": {}, "idempotency_key": "once"},
+        token(PRO_USER),
+    )
+    again = post(
+        client,
+        {"job_type": "system.noop", "payload": {}, "idempotency_key": "once"},
+        token(PRO_USER),
+    )
+
+    assert response.status_code == again.status_code == 202
+    assert response.json()["chain_id"] == again.json()["chain_id"]
+    assert (
+        response.json()["jobs"][0]["status"] == "queued"
+        and response.json()["pass"] is None
+    )
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    "bearer",
+    [
+        None,
+        "not-a-jwt",
+        token(secret="another-secret-of-sufficient-length-000000"),
+        token(exp=int(time.time()) - 120),
+        token(aud="something-else"),
+        token(role="service_role"),
+        token(role="anon"),
+        token(sub="not-a-uuid"),
+        token(exp=None),
+    ],
+    ids=[
+        "missing",
+        "garbage",
+        "wrong-secret",
+        "expired",
+        "audience",
+        "service-role",
+        "anon",
+        "bad-subject",
+        "no-expiry",
+    ],
+)
+def test_jobs_api_refuses_a_bad_token_with_401(client, sql, bearer) -> None:
+    response = post(client, pipeline(), bearer)
+
+    assert response.status_code == 401, response.text
+    assert sql.execute("select count(*) from jobs").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("not json", "must be JSON"),
+        ([1, 2], "JSON object"),
+        ({"payload": {}}, "job_type"),
+        ({"job_type": "exam.grade", "payload": [1]}, "payload must be a JSON object"),
+        ({"job_type": "exam.grade", "surprise": 1}, "unknown field(s): surprise"),
+        (
+            {"job_type": "exam.pipeline", "payload": {"exam": {"text": "Q {=a ~b}"}}},
+            "the payload has no responses",
+        ),
+        (
+            {
+                "job_type": "exam.pipeline",
+                "payload": {
+                    "exam": {"text": "x"},
+                    "responses": {"bucket": "b", "path": "../x"},
+                },
+            },
+            "responses.bucket",
+        ),
+        ({"job_type": "system.sleep", "payload": {}}, "not available in the free tier"),
+        ({"job_type": "no.such.type", "payload": {}}, "unknown job type"),
+    ],
+)
+def test_jobs_api_refuses_bad_input_with_400_and_the_reason(
+    client, body, fragment
+) -> None:
+    if isinstance(body, str):
+        response = client.post(
+            "/api/jobs", content=body, headers={"Authorization": f"Bearer {token()}"}
+        )
+    else:
+        response = post(client, body, token())
+
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]
+
+
+def test_jobs_api_answers_429_over_the_quota(client, sql) -> None:
+    sql.execute("update tiers set max_queued_per_user = 3 where name = 'free'")
+
+    response = post(client, pipeline(), token())
+
+    assert response.status_code == 429
+    assert "quota" in response.json()["error"]
+
+
+def test_jobs_api_answers_413_for_a_payload_over_the_tier_limit(client) -> None:
+    big = {
+        "text": "student,Item1\n" + "".join(f"s{i},A\n" for i in range(40000)),
+        "name": "big.csv",
+    }
+
+    response = post(client, pipeline(responses=big), token())
+
+    assert response.status_code == 413
+    assert "the free tier accepts at most" in response.json()["error"]
+
+
+def test_jobs_api_without_a_jwt_secret_is_a_500_naming_it(client, monkeypatch) -> None:
+    monkeypatch.delenv("SUPABASE_JWT_SECRET")
+
+    response = post(client, pipeline(), token())
+
+    assert (
+        response.status_code == 500
+        and "SUPABASE_JWT_SECRET" in response.json()["error"]
+    )
+
+
+@pytest.fixture
+def supabase_client(monkeypatch, tmp_path):
+    for name in ("DATABASE_URL", "SUPABASE_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SUPABASE_URL", PROJECT)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY)
+    monkeypatch.setenv("SUPABASE_ANON_KEY", ANON_KEY)
+    monkeypatch.setenv("EXAMQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "0")
+    monkeypatch.setattr(jobs_function, "_queue", None)
+    return TestClient(jobs_function.app)
+
+
+CHAIN = {
+    "chain_id": 5,
+    "jobs": [{"id": 5, "job_type": "system.noop", "status": "queued", "attempt": 0}],
+}
+
+
+@respx.mock
+def test_jobs_api_calls_postgrest_with_the_anon_key_and_the_users_token(
+    supabase_client,
+) -> None:
+    enqueue = respx.post(f"{PROJECT}/rest/v1/rpc/enqueue_chain").mock(
+        return_value=httpx.Response(200, json=CHAIN)
+    )
+    respx.post(f"{PROJECT}/rest/v1/rpc/get_chain").mock(
+        return_value=httpx.Response(200, json=CHAIN)
+    )
+    user_token = token()
+
+    response = post(
+        supabase_client, {"job_type": "system.noop", "payload": {}}, user_token
+    )
+
+    assert response.status_code == 202, response.text
+    request = enqueue.calls.last.request
+    assert request.headers["apikey"] == ANON_KEY
+    assert request.headers["authorization"] == f"Bearer {user_token}"
+    assert b"p_user_id" not in request.content
+    assert response.json()["jobs"][0]["id"] == 5
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (
+            401,
+            {
+                "code": "PGRST301",
+                "message": "JWT expired",
+                "details": None,
+                "hint": None,
+            },
+            401,
+        ),
+        (
+            400,
+            {
+                "code": "EQ003",
+                "message": "queued-job quota reached",
+                "details": None,
+                "hint": None,
+            },
+            429,
+        ),
+        (
+            400,
+            {
+                "code": "EQ001",
+                "message": "unknown job type 'x'",
+                "details": None,
+                "hint": None,
+            },
+            400,
+        ),
+        (
+            403,
+            {
+                "code": "42501",
+                "message": "users may enqueue jobs only for themselves",
+                "details": None,
+                "hint": None,
+            },
+            403,
+        ),
+    ],
+)
+def test_jobs_api_maps_postgrest_errors_to_statuses(
+    supabase_client, status, error, expected
+) -> None:
+    respx.post(f"{PROJECT}/rest/v1/rpc/enqueue_chain").mock(
+        return_value=httpx.Response(status, json=error)
+    )
+
+    response = post(
+        supabase_client, {"job_type": "system.noop", "payload": {}}, token()
+    )
+
+    assert response.status_code == expected
+    assert error["message"] in response.json()["error"]
+
+
+def test_jobs_api_on_supabase_needs_the_anon_key(supabase_client, monkeypatch) -> None:
+    monkeypatch.delenv("SUPABASE_ANON_KEY")
+
+    response = post(
+        supabase_client, {"job_type": "system.noop", "payload": {}}, token()
+    )
+
+    assert (
+        response.status_code == 500 and "SUPABASE_ANON_KEY" in response.json()["error"]
+    )
