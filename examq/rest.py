@@ -49,14 +49,17 @@ Where the behaviour comes from (read in PostgREST's own source and docs, v12.2):
   every SQLSTATE the table does not name, examq's own class ``EQ`` included, is 400.
   ``RAISE SQLSTATE 'PGRST'`` with JSON message and detail sets the whole answer.
 
-Not reproduced: the OpenAPI root, tables and views, query-string filters and
-``select`` on RPC results, ``Prefer`` (``params=single-object``,
-``params=multiple-objects``, ``count``, ``tx``), array bodies (400 PGRST102 here),
-the impersonated role's own settings (``statement_timeout``), ``Content-Range`` and
-PostgREST's schema cache (functions are looked up on every request, so a migration
-is visible at once). Only the ``public`` schema is exposed. Each request opens its
-own database connection, which keeps concurrent requests independent at the cost of
-one connection set-up per call.
+Tables and views are read by ``GET /rest/v1/{relation}``, for the part of PostgREST's
+grammar the dashboard uses: see examq.rest_tables.
+
+Not reproduced: the OpenAPI root, query-string filters and ``select`` on RPC
+results, ``Prefer`` on RPC (``params=single-object``, ``params=multiple-objects``,
+``count``, ``tx``), array bodies (400 PGRST102 here), the impersonated role's own
+settings (``statement_timeout``), ``Content-Range`` on RPC and PostgREST's schema
+cache (functions are looked up on every request, so a migration is visible at once).
+Only the ``public`` schema is exposed. Each request opens its own database
+connection, which keeps concurrent requests independent at the cost of one
+connection set-up per call.
 """
 
 from __future__ import annotations
@@ -864,10 +867,14 @@ async def _gateway_not_found(request: Request) -> Response:
 
 
 def create_rest_app(database_url: str, jwt_secret: str) -> Starlette:
-    """An ASGI app serving ``/rest/v1/rpc/{function}`` as a Supabase project does."""
+    """An ASGI app serving ``/rest/v1/rpc/{function}`` and table reads as Supabase does."""
+    from examq.rest_tables import TableEndpoint
+
     endpoint = _RpcEndpoint(database_url, jwt_secret)
+    tables = TableEndpoint(database_url, jwt_secret)
     routes = [
         Route("/rest/v1/rpc/{function}", endpoint.handle, methods=_RPC_METHODS),
+        Route("/rest/v1/{relation}", tables.handle, methods=["GET", "HEAD"]),
         Route("/{path:path}", _gateway_not_found, methods=_RPC_METHODS),
     ]
     # Supabase's gateway answers browsers' CORS preflights for every origin.
