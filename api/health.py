@@ -1,0 +1,1 @@
+from functions.health import app  # noqa: F401
