@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,9 +17,11 @@ from rich.table import Table
 
 from examq import local
 from examq.config import Backend, Settings, load_settings
-from examq.errors import ExamqError, JobNotFound, PermanentError
+from examq.errors import ExamqError, JobNotFound, PermanentError, Unavailable
 from examq.handlers.grade import read_text_file
 from examq.log import configure_logging
+from examq.notify.dispatcher import Dispatcher, DispatchSummary
+from examq.notify.outbox import Outbox
 from examq.queue import Job, Queue
 from examq.worker import PassSummary, Worker
 
@@ -25,8 +29,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Manage the local database.")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+# Without a terminal (pipes, CI logs) rich would wrap tables at 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 FINAL = {"succeeded", "dead", "cancelled"}
@@ -65,6 +70,7 @@ def demo(
     err.print(f"[bold]examq demo[/] on {where}")
     queue = _queue(settings)
 
+    _demo_notification_preferences(queue)
     key = read_text_file(SAMPLES / "sample_key.csv")
     responses = read_text_file(SAMPLES / "sample_responses.csv")
     jobs: list[Job] = []
@@ -91,6 +97,38 @@ def demo(
     out.print(
         f"worker pass: claimed {summary.claimed}, succeeded {summary.succeeded}, "
         f"failed {summary.failed}, retried {summary.retried} in {summary.seconds:.2f} s"
+    )
+
+    # The notifications the finished jobs wrote to the outbox, sent as a cron tick
+    # would send them after its worker pass.
+    sent = Dispatcher(Outbox(queue.transport), settings).run_pass(
+        settings.cron_budget_seconds, check_alerts=False
+    )
+    out.print(_describe_notifications(sent, settings), soft_wrap=True)
+
+
+def _demo_notification_preferences(queue: Queue) -> None:
+    # The demo's jobs finish in well under the default 60 s after which a success is
+    # e-mailed, so the seeded teachers ask for an e-mail on every outcome.
+    outbox = Outbox(queue.transport)
+    for user_id in DEMO_TEACHERS.values():
+        try:
+            outbox.set_preferences(
+                user_id, events=["succeeded", "failed", "cancelled"], success_min_seconds=0
+            )
+        except ExamqError:
+            return  # a database without the seeded teachers: their jobs are system jobs
+
+
+def _describe_notifications(summary: DispatchSummary, settings: Settings) -> str:
+    where = (
+        "e-mail sent through SendGrid"
+        if settings.sendgrid_api_key is not None
+        else f"e-mail written as .eml files to {settings.outbox_path}"
+    )
+    return (
+        f"notifications: sent {summary.sent}, failed {summary.failed}, "
+        f"retried {summary.retried}, uncertain {summary.uncertain} ({where})"
     )
 
 
@@ -145,6 +183,9 @@ def submit(
     job_type: Annotated[str, typer.Argument(help="Job type, e.g. exam.grade.")],
     key: Annotated[Optional[Path], typer.Option(help="Answer key CSV (item,key) for exam.grade.")] = None,
     responses: Annotated[Optional[Path], typer.Option(help="Student responses CSV for exam.grade.")] = None,
+    exam: Annotated[Optional[Path], typer.Option(help="Exam file (GIFT, Moodle XML, QTI, key CSV) for exam.pipeline.")] = None,
+    exam_format: Annotated[Optional[str], typer.Option("--format", help="Exam format for exam.pipeline (default: detected).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Report title for exam.pipeline.")] = None,
     payload: Annotated[Optional[str], typer.Option(help="Payload as a JSON object.")] = None,
     user: Annotated[Optional[str], typer.Option(help="Owner's user id (default: a system job).")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Enqueue at most once per key.")] = None,
@@ -155,6 +196,9 @@ def submit(
 ) -> None:
     """Enqueue one job; with --wait, run the worker here until it finishes."""
     settings = _settings(verbose)
+    if job_type == "exam.pipeline":
+        _submit_pipeline(settings, exam, responses, exam_format, title, user, idempotency_key, wait, as_json, timeout)
+        return
     body = _build_payload(job_type, key, responses, payload)
     queue = _queue(settings)
     job = queue.enqueue(job_type, body, user_id=user, idempotency_key=idempotency_key)
@@ -173,6 +217,44 @@ def submit(
     _print_job(job, as_json)
     if wait and job.status != "succeeded":
         raise typer.Exit(1)
+
+
+def _submit_pipeline(
+    settings: Settings, exam: Path | None, responses: Path | None, exam_format: str | None, title: str | None,
+    user: str | None, idempotency_key: str | None, wait: bool, as_json: bool, timeout: float,
+) -> None:
+    """Enqueue the exam chain (check, import, grade, report) and print it; see examq/exam/pipeline_cli.py."""
+    from examq.exam.pipeline_cli import submit_pipeline
+
+    if exam is None or responses is None:
+        raise typer.BadParameter("exam.pipeline needs --exam and --responses")
+    try:
+        chain = submit_pipeline(
+            _queue(settings), exam=exam, responses=responses, exam_format=exam_format, title=title, user=user,
+            idempotency_key=idempotency_key, wait=wait, timeout=timeout,
+            budget_seconds=settings.cron_budget_seconds, batch_size=settings.worker_batch_size,
+        )
+    except PermanentError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        out.print_json(json.dumps(chain))
+    else:
+        out.print(f"chain {chain['chain_id']}: {chain['status']}")
+        for job in chain["jobs"]:
+            out.print(f"  job {job['id']} {job['job_type']}: {job['status']}" + (f" ({job['last_error']})" if job["last_error"] else ""))
+        if chain["report"]:
+            out.print(f"report: {chain['report']['links']['html']}")
+    if wait and chain["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+def _stop_on_sigterm() -> None:
+    # SIGTERM (systemd, docker stop) stops a worker like Ctrl-C: the pass gives its
+    # unfinished jobs back to the queue before the process exits.
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _build_payload(job_type: str, key: Path | None, responses: Path | None, payload: str | None) -> dict[str, Any]:
@@ -205,22 +287,87 @@ def _print_job(job: Job, as_json: bool) -> None:
     out.print(f"job {job.id} ({job.job_type}): {job.status}, attempt {job.attempt}/{job.max_attempts}")
     if job.last_error:
         out.print(f"last error: {job.last_error}")
-    if job.result is not None:
-        out.print_json(json.dumps(job.result)[:4000])
+    if job.result is None:
+        return
+    summary = job.result.get("summary") if isinstance(job.result, dict) else None
+    if isinstance(summary, dict):
+        out.print("summary: " + ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()))
+        out.print("(the whole result: examq status --json)")
+        return
+    text = json.dumps(job.result, indent=2)
+    # Cut the text, not the JSON: a cut document would not parse.
+    out.print(text if len(text) <= 4000 else text[:4000] + "\n... (examq status --json shows all)", markup=False)
 
 
 @app.command()
 def work(
     budget: Annotated[float, typer.Option(help="Seconds this pass may take.")] = 50.0,
     loop: Annotated[bool, typer.Option("--loop", help="Keep running passes until interrupted.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug log lines.")] = False,
 ) -> None:
     """Run worker passes, as the cron does (once, or in a loop for a self-hosted worker)."""
+    if not math.isfinite(budget) or budget <= 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="--budget")
     settings = _settings(verbose)
-    worker = Worker(_queue(settings), batch_size=settings.worker_batch_size)
+    _stop_on_sigterm()
+    worker = Worker(
+        _queue(settings),
+        batch_size=settings.worker_batch_size,
+        batch_outcomes=settings.worker_batch_outcomes,
+    )
+    failures = 0
     while True:
-        summary = worker.run_pass(budget)
-        out.print_json(json.dumps(summary.as_dict()))
+        try:
+            summary = worker.run_pass(budget)
+            failures = 0
+        except Unavailable as exc:
+            if not loop:
+                raise
+            # A long-running worker outlives database restarts and network blips:
+            # it waits, with backoff, and reconnects on the next pass.
+            failures += 1
+            pause = min(30.0, 2.0**failures)
+            err.print(f"[yellow]database unavailable ({exc}); retrying in {pause:.0f} s[/]")
+            time.sleep(pause)
+            continue
+        # In a loop, idle passes print nothing: only passes that did something.
+        if not loop or summary.claimed:
+            out.print_json(json.dumps(summary.as_dict()))
+        if not loop:
+            return
+        if summary.claimed == 0:
+            time.sleep(1.0)
+
+
+@app.command()
+def notify(
+    budget: Annotated[float, typer.Option(help="Seconds this pass may take.")] = 50.0,
+    loop: Annotated[
+        bool, typer.Option("--loop", help="Keep running passes until interrupted.")
+    ] = False,
+    alerts: Annotated[
+        bool, typer.Option("--alerts/--no-alerts", help="Check the admin alerts first.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+) -> None:
+    """Send pending notifications and check the admin alerts, as each cron tick does."""
+    settings = _settings(verbose)
+    dispatcher = Dispatcher(Outbox(_queue(settings).transport), settings)
+    failures = 0
+    while True:
+        try:
+            summary = dispatcher.run_pass(budget, check_alerts=alerts)
+            failures = 0
+        except Unavailable as exc:
+            if not loop:
+                raise
+            failures += 1
+            pause = min(30.0, 2.0**failures)
+            err.print(f"[yellow]database unavailable ({exc}); retrying in {pause:.0f} s[/]")
+            time.sleep(pause)
+            continue
+        if not loop or summary.claimed:
+            out.print_json(json.dumps(summary.as_dict()))
         if not loop:
             return
         if summary.claimed == 0:
@@ -247,10 +394,127 @@ def requeue(job_id: int) -> None:
     out.print_json(answer.model_dump_json())
 
 
-@db_app.command("reset")
-def db_reset() -> None:
-    """Recreate examq's schema (stand-in, migrations, seed) on the configured local database."""
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+    cron: Annotated[bool, typer.Option("--cron/--no-cron", help="Fire vercel.json's crons on schedule.")] = True,
+    build: Annotated[bool, typer.Option("--build/--no-build", help="Build the dashboard first.")] = True,
+    static_dir: Annotated[
+        Optional[Path], typer.Option(help="Serve this built dashboard instead of dashboard/dist.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve the dashboard, a local Supabase API stand-in and /api/cron, and fire the crons."""
+    from examq import dev as dev_server
+
+    settings = load_settings()
+    log_format = "text" if settings.log_format == "auto" else settings.log_format
+    configure_logging(log_format, "DEBUG" if verbose else "INFO")
+    url = local.database_url(settings)
+    if static_dir is None:
+        static_dir = dev_server.build_dashboard() if build else dev_server.DASHBOARD_DIR / "dist"
+    dev_server.run(
+        url,
+        host=host,
+        port=port,
+        cron_secret=settings.cron_secret.get_secret_value() if settings.cron_secret else None,
+        cron_budget_seconds=settings.cron_budget_seconds,
+        fire_crons=cron,
+        static_dir=static_dir,
+    )
+
+
+@app.command()
+def load(
+    rate: Annotated[float, typer.Option(help="Jobs submitted per second.")] = 50.0,
+    seconds: Annotated[float, typer.Option(help="How long to submit.")] = 30.0,
+    teachers: Annotated[int, typer.Option(help="Simulated teachers, spread over the tiers.")] = 30,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    batch: Annotated[int, typer.Option(help="Jobs each worker claims per round trip.")] = 20,
+    failures: Annotated[float, typer.Option(help="Fraction of submissions made malformed on purpose.")] = 0.0,
+    drain: Annotated[float, typer.Option(help="Seconds to wait for the backlog after submitting.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Load test: simulated teachers submit exam.grade jobs while workers run them."""
+    from rich.live import Live
+
+    from examq.load import run_load
+
+    if not 0 <= failures <= 1:
+        raise typer.BadParameter("must be between 0 and 1", param_hint="--failures")
     settings = _settings()
+    url = local.database_url(settings)
+    err.print(
+        f"[bold]examq load[/]: {rate:g} jobs/s for {seconds:g} s from {teachers} teachers, "
+        f"{workers} worker processes, {failures:.0%} malformed"
+    )
+
+    def view(report: Any, statuses: dict[str, int], elapsed: float) -> Table:
+        table = Table(title=f"examq load {report.run_id}: {elapsed:5.1f} s")
+        for column in ("submitted", "refused", "queued", "running", "succeeded", "dead", "rate/s"):
+            table.add_column(column, justify="right")
+        table.add_row(
+            str(report.submitted), str(report.refused), str(statuses.get("queued", 0)),
+            str(statuses.get("running", 0)), str(statuses.get("succeeded", 0)),
+            str(statuses.get("dead", 0)), f"{statuses.get('succeeded', 0) / max(elapsed, 0.001):.1f}",
+        )
+        return table
+
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+        report = run_load(
+            url, rate=rate, seconds=seconds, teachers=teachers, workers=workers, batch=batch,
+            failure_fraction=failures, drain_seconds=drain,
+            on_tick=lambda r, s, e: live.update(view(r, s, e)),
+        )
+
+    if as_json:
+        out.print_json(json.dumps(report.as_dict(), default=str))
+        return
+    _print_load_report(report)
+    unserved = [t for t in ("free", "pro", "enterprise") if report.tiers.get(t, {}).get("succeeded", 0) == 0]
+    if unserved or report.dead != report.dead_malformed:
+        raise typer.Exit(1)
+
+
+def _print_load_report(report: Any) -> None:
+    done = report.statuses.get("succeeded", 0)
+    out.print(
+        f"submitted {report.submitted} jobs in {report.elapsed:.1f} s "
+        f"({report.submitted / max(report.elapsed, 0.001):.1f}/s offered), refused {report.refused} "
+        f"(quota), {report.malformed} malformed on purpose"
+    )
+    out.print(
+        f"succeeded {done}, throughput {report.throughput:.1f} jobs/s "
+        f"(first submission to last finish: {report.finished_at_seconds:.1f} s); "
+        f"retries {report.retries} (handler failures), lease expirations {report.lease_expirations}, "
+        f"released unstarted at a pass's end {report.released}; dead letters {report.dead} "
+        f"({report.dead_malformed} of them the malformed ones); "
+        f"left unfinished {report.statuses.get('queued', 0) + report.statuses.get('running', 0)}"
+    )
+    table = Table(title="Latency by tier, seconds (wait = enqueue to start; total = enqueue to finish)")
+    for column in ("tier", "jobs", "succeeded", "wait p50", "wait p95", "wait p99", "wait max",
+                   "total p50", "total p95", "total p99"):
+        table.add_column(column, justify="right" if column != "tier" else "left")
+    for tier, row in report.tiers.items():
+        wait, total = row["wait_s"] or [None] * 4, row["total_s"] or [None] * 4
+        table.add_row(tier, str(row["jobs"]), str(row["succeeded"]), *(_fmt(x) for x in wait),
+                      *(_fmt(x) for x in total[:3]))
+    out.print(table)
+
+
+@db_app.command("reset")
+def db_reset(
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm resetting the DATABASE_URL database.")] = False,
+) -> None:
+    """Recreate the local database: drop its public schema, then stand-in, migrations, seed."""
+    settings = _settings()
+    if settings.backend is Backend.POSTGRES and not yes:
+        err.print(
+            "[red]error:[/] db reset drops the public schema (every job) of the database at "
+            "DATABASE_URL; run it again with --yes if that is what you want"
+        )
+        raise typer.Exit(2)
     url = local.database_url(settings, prepare=False)
     applied = local.reset_database(url)
     out.print(f"database reset: {len(applied)} migrations applied, seed loaded")

@@ -9,9 +9,11 @@ server is started in ``EXAMQ_DATA_DIR``.
 from __future__ import annotations
 
 import os
+import re
+from email.utils import parseaddr
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -26,6 +28,14 @@ class Backend(str, Enum):
     POSTGRES = "postgres"
     SUPABASE = "supabase"
     EMBEDDED = "embedded"
+
+
+# What loguru accepts for rotation and retention, in the forms examq documents.
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$", re.IGNORECASE)
+_DURATION = re.compile(
+    r"^\s*\d+(\.\d+)?\s*(second|minute|hour|day|week|month|year)s?\s*$", re.IGNORECASE
+)
+_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$")
 
 
 def _default_data_dir() -> Path:
@@ -55,6 +65,55 @@ class Settings(BaseSettings):
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = Field(
         default="INFO", alias="EXAMQ_LOG_LEVEL"
     )
+    # An optional file sink of JSON lines, rotated and pruned (examq/log.py).
+    log_file: Path | None = Field(default=None, alias="EXAMQ_LOG_FILE")
+    log_rotation: str = Field(default="50 MB", alias="EXAMQ_LOG_ROTATION")
+    log_retention: str | int = Field(default="14 days", alias="EXAMQ_LOG_RETENTION")
+    # Workers for many short jobs: large claims, successes recorded per batch.
+    worker_batch_outcomes: bool = Field(default=False, alias="EXAMQ_WORKER_BATCH_OUTCOMES")
+    # GET /api/health: when the queue counts as unhealthy (functions/health.py).
+    health_tick_stale_seconds: int = Field(
+        default=300, ge=60, le=604800, alias="EXAMQ_HEALTH_TICK_STALE_SECONDS"
+    )
+    health_queue_age_seconds: int = Field(
+        default=900, ge=1, le=604800, alias="EXAMQ_HEALTH_QUEUE_AGE_SECONDS"
+    )
+
+    # Notifications (examq/notify). Without SENDGRID_API_KEY, e-mail is written as
+    # .eml files to the outbox folder instead of being sent.
+    sendgrid_api_key: SecretStr | None = Field(default=None, alias="SENDGRID_API_KEY")
+    email_from: str = Field(
+        default="examq <notifications@examq.local>", alias="EXAMQ_EMAIL_FROM"
+    )
+    dashboard_url: str = Field(default="http://localhost:8000", alias="EXAMQ_DASHBOARD_URL")
+    outbox_dir: Path | None = Field(default=None, alias="EXAMQ_OUTBOX_DIR")
+    slack_admin_webhook_url: SecretStr | None = Field(
+        default=None, alias="EXAMQ_SLACK_ADMIN_WEBHOOK_URL"
+    )
+    notify_batch_size: int = Field(
+        default=20, ge=1, le=1000, alias="EXAMQ_NOTIFY_BATCH_SIZE"
+    )
+    notify_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, alias="EXAMQ_NOTIFY_TIMEOUT_SECONDS"
+    )
+    alert_window_seconds: int = Field(
+        default=1800, ge=60, le=604800, alias="EXAMQ_ALERT_WINDOW_SECONDS"
+    )
+    alert_queue_age_seconds: int = Field(
+        default=900, ge=1, le=604800, alias="EXAMQ_ALERT_QUEUE_AGE_SECONDS"
+    )
+    alert_failure_rate: float = Field(
+        default=0.25, gt=0, le=1, alias="EXAMQ_ALERT_FAILURE_RATE"
+    )
+    alert_failure_min_jobs: int = Field(
+        default=10, ge=1, le=1000000, alias="EXAMQ_ALERT_FAILURE_MIN_JOBS"
+    )
+    alert_failure_window_seconds: int = Field(
+        default=900, ge=60, le=604800, alias="EXAMQ_ALERT_FAILURE_WINDOW_SECONDS"
+    )
+    alert_cron_silence_seconds: int = Field(
+        default=300, ge=60, le=604800, alias="EXAMQ_ALERT_CRON_SILENCE_SECONDS"
+    )
 
     @field_validator(
         "database_url", "supabase_url", "supabase_service_role_key", "cron_secret", mode="before"
@@ -67,6 +126,86 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         return _default_data_dir() if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "sendgrid_api_key", "slack_admin_webhook_url", "outbox_dir", mode="before"
+    )
+    @classmethod
+    def _blank_notify_setting_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("email_from", "dashboard_url", mode="before")
+    @classmethod
+    def _blank_notify_text_is_default(cls, value: object, info: Any) -> object:
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @field_validator("email_from")
+    @classmethod
+    def _check_email_from(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address or any(c in value for c in "\r\n"):
+            raise ValueError(
+                "must be an address, e.g. 'examq <notifications@example.com>'"
+            )
+        return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _check_dashboard_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise ValueError("must be the dashboard's http(s):// URL")
+        return value.rstrip("/")
+
+    @field_validator("slack_admin_webhook_url")
+    @classmethod
+    def _check_slack_admin_webhook_url(
+        cls, value: SecretStr | None
+    ) -> SecretStr | None:
+        # The message names the variable but never echoes the URL: it is a secret.
+        if value is not None and urlparse(value.get_secret_value()).scheme != "https":
+            raise ValueError("must be a Slack incoming webhook https:// URL")
+        return value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _blank_log_file_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_rotation", mode="before")
+    @classmethod
+    def _check_log_rotation(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return "50 MB"
+        if not isinstance(value, str) or not (
+            _SIZE.match(value) or _DURATION.match(value) or _CLOCK.match(value)
+        ):
+            raise ValueError("must be a size ('50 MB'), a duration ('1 day') or a time of day ('00:00')")
+        return value.strip()
+
+    @field_validator("log_retention", mode="before")
+    @classmethod
+    def _check_log_retention(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return "14 days"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("must keep at least 1 file")
+            return value
+        if not isinstance(value, str) or not _DURATION.match(value):
+            raise ValueError("must be a duration ('14 days') or a number of files ('10')")
+        return value.strip()
+
+    @field_validator("cron_secret")
+    @classmethod
+    def _check_cron_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. openssl rand -hex 32)")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -100,6 +239,13 @@ class Settings(BaseSettings):
         if has_key and not self.supabase_url:
             raise ValueError("SUPABASE_URL: must be set when SUPABASE_SERVICE_ROLE_KEY is set")
         return self
+
+    @property
+    def outbox_path(self) -> Path:
+        """Where e-mail is written as .eml files when SENDGRID_API_KEY is not set."""
+        if self.outbox_dir is not None:
+            return self.outbox_dir
+        return self.data_dir / "outbox"
 
     @property
     def backend(self) -> Backend:

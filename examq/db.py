@@ -19,6 +19,7 @@ from examq.errors import Unavailable, error_for_sqlstate
 # What each function returns: a set of rows, one row, or a single (JSON) value.
 _SHAPES = {
     "claim_jobs": "rows",
+    "claim_job_batch": "rows",
     "enqueue_job": "row",
     "get_job": "row",
 }

@@ -94,6 +94,8 @@ SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "22P02": InvalidInput,  # invalid text representation
     "22023": InvalidInput,  # invalid parameter value
     "22021": InvalidInput,  # character not in repertoire
+    "22003": InvalidInput,  # numeric value out of range
+    "22008": InvalidInput,  # datetime field overflow
     # PostgREST's own codes for a JWT it refuses (expired, bad signature, bad claims).
     "PGRST301": PermissionDenied,
     "PGRST302": PermissionDenied,

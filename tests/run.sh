@@ -29,4 +29,14 @@ if ! command -v pg_prove >/dev/null 2>&1 || ! ls /usr/share/postgresql/*/extensi
   fi
 fi
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; no
+# browser is downloaded), and the dashboard's own npm packages.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+    || echo "could not install chromium; the browser tests will be skipped" >&2
+fi
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix dashboard --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 exec .venv/bin/python -m pytest "$@"

@@ -52,6 +52,11 @@ def test_submit_grades_the_hci_exam_to_the_reference_values(db_url):
     assert [round(i["item_rest_r"], 3) for i in items] == HCI_ITEM_REST
     assert [round(i["alpha_if_deleted"], 3) for i in items] == HCI_ALPHA_IF_DELETED
 
+    # A large result is summarised in text form, without failing.
+    shown = run_examq(["status", str(job["id"])], db_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "succeeded" in shown.stdout and "alpha 0.7155" in shown.stdout
+
 
 def test_submit_grades_the_ctt_exam_to_the_reference_values(db_url):
     job = submit_grade(db_url, shared_data("responses", "CTTkey.csv"), shared_data("responses", "CTTdata.csv"))
@@ -88,6 +93,22 @@ def test_submit_non_utf8_file_is_refused_before_enqueueing(db_url, tmp_path):
 
     assert result.returncode == 2
     assert "UTF-8" in result.stderr and "key.csv" in result.stderr
+
+
+def test_db_reset_on_database_url_needs_confirmation(db_url, sql):
+    refused = run_examq(["db", "reset"], db_url)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert sql.execute("select count(*) from public.tiers").fetchone()[0] > 0
+
+    confirmed = run_examq(["db", "reset", "--yes"], db_url)
+    assert confirmed.returncode == 0, confirmed.stderr
+
+
+def test_unreachable_database_is_one_clear_line():
+    result = run_examq(["status", "1"], "postgresql://nobody@127.0.0.1:1/none")
+
+    assert result.returncode == 2
+    assert "Unavailable" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_configuration_is_one_clear_line(db_url):

@@ -26,6 +26,7 @@ def test_backend_follows_what_is_set():
         ({"EXAMQ_WORKER_BATCH_SIZE": "0"}, "EXAMQ_WORKER_BATCH_SIZE"),
         ({"EXAMQ_CRON_BUDGET_SECONDS": "soon"}, "EXAMQ_CRON_BUDGET_SECONDS"),
         ({"EXAMQ_LOG_FORMAT": "xml"}, "EXAMQ_LOG_FORMAT"),
+        ({"CRON_SECRET": "short"}, "CRON_SECRET"),
     ],
 )
 def test_bad_value_names_the_variable(environ, variable):
@@ -36,6 +37,6 @@ def test_bad_value_names_the_variable(environ, variable):
 
 
 def test_secrets_do_not_show_in_repr():
-    settings = load_settings({"CRON_SECRET": "top-secret", "SUPABASE_URL": "https://a.supabase.co",
+    settings = load_settings({"CRON_SECRET": "top-secret-0123456789", "SUPABASE_URL": "https://a.supabase.co",
                               "SUPABASE_SERVICE_ROLE_KEY": "service-key"})
-    assert "top-secret" not in repr(settings) and "service-key" not in repr(settings)
+    assert "top-secret-0123456789" not in repr(settings) and "service-key" not in repr(settings)

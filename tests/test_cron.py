@@ -20,10 +20,18 @@ def client(monkeypatch, db_url):
     monkeypatch.setattr(cron, "_queue", None)
 
 
+def test_cron_accepts_the_bearer_scheme_in_any_case(client):
+    response = client.get("/api/cron", headers={"Authorization": "bearer s3cret-for-tests"})
+
+    assert response.status_code == 200
+
+
 def test_cron_refuses_missing_or_wrong_secret(client):
     assert client.get("/api/cron").status_code == 401
     assert client.get("/api/cron", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert client.get("/api/cron", headers={"Authorization": "s3cret-for-tests"}).status_code == 401
+    assert client.get("/api/cron", headers={"Authorization": "Basic s3cret-for-tests"}).status_code == 401
+    assert client.get("/api/cron", headers={"Authorization": "Bearer s3cret-for-tests-and-more"}).status_code == 401
 
 
 def test_cron_without_configured_secret_is_a_clear_500(client, monkeypatch):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
+from datetime import datetime, timedelta, timezone
 
+import psycopg
 import pytest
 
 from examq.errors import (
@@ -218,3 +221,67 @@ def test_any_json_result_is_stored_as_given(queue, result):
     queue.complete(job, result)
 
     assert queue.get(job.id).result == result
+
+
+def test_past_run_at_does_not_jump_the_queue(queue):
+    first = queue.enqueue("system.noop")
+    backdated = queue.enqueue(
+        "system.noop", run_at=datetime.now(timezone.utc) - timedelta(days=300)
+    )
+
+    assert backdated.run_at >= first.run_at
+    assert [job.id for job in queue.claim("w1", 2)] == [first.id, backdated.id]
+
+
+def test_naive_run_at_is_refused(queue):
+    with pytest.raises(InvalidInput, match="time zone"):
+        queue.enqueue("system.noop", run_at=datetime.now())
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"deep": functools.reduce(lambda inner, _: [inner], range(80), 0)}, "nested"),
+        ({"n": 10**400}, "1e300"),
+        ({"b": b"bytes"}, "bytes"),
+        ({"s": {1, 2}}, "set"),
+    ],
+)
+def test_payloads_readers_would_choke_on_are_refused(queue, payload, named):
+    with pytest.raises(InvalidInput, match=named):
+        queue.enqueue("system.noop", payload)
+
+
+def test_sql_refuses_payloads_readers_would_choke_on(sql):
+    for payload in ('{"a":' + "[" * 70 + "]" * 70 + "}", '{"n": 1' + "0" * 5000 + "}"):
+        with pytest.raises(psycopg.Error) as info:
+            sql.execute("select public.enqueue_job('system.noop', %s::jsonb)", (payload,))
+        assert info.value.sqlstate == "EQ007"
+
+
+def test_an_unreadable_claimed_row_fails_alone(queue, sql):
+    bad = queue.enqueue("system.noop")
+    good = queue.enqueue("system.noop")
+    sql.execute("update jobs set payload = '[1, 2]' where id = %s", (bad.id,))
+
+    claimed = queue.claim("w1", 10)
+
+    assert [job.id for job in claimed] == [good.id]
+    failed = sql.execute("select status, last_error from jobs where id = %s", (bad.id,)).fetchone()
+    assert failed[0] == "dead" and "cannot be read" in failed[1]
+
+
+def test_tiny_progress_gives_no_eta_and_no_error(queue):
+    queue.enqueue("system.noop")
+    [job] = queue.claim("w1")
+
+    beat = queue.heartbeat(job, progress=1e-10)
+
+    assert beat.eta_at is None
+    assert queue.heartbeat(job, progress=99.999).progress == 99.99
+
+
+@pytest.mark.parametrize("job_id", [0, -1, 2**70, True, 1.5])
+def test_job_ids_out_of_range_are_refused_by_name(queue, job_id):
+    with pytest.raises(InvalidInput, match="job_id"):
+        queue.get(job_id)

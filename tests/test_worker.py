@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 
 from examq.db import PsycopgTransport
-from examq.errors import PermanentError, RetryableError
+from examq.errors import PermanentError, RetryableError, Unavailable
 from examq.queue import Queue
 from examq.worker import Worker
+from tests.conftest import PROJECT_ROOT
 
 
 def test_handler_success_completes_the_job(queue):
@@ -144,3 +149,65 @@ def test_jobs_waiting_in_a_batch_keep_their_leases(queue, sql):
     summary = Worker(queue, handlers={"system.noop": handler}, batch_size=2).run_pass(30)
 
     assert summary.succeeded == 2 and expiry_seen == {"extended": True}
+
+
+class BlipAfterCommit:
+    """A transport whose connection breaks once, right after a call has committed."""
+
+    def __init__(self, inner, function):
+        self.inner = inner
+        self.function = function
+        self.blipped = False
+
+    def call(self, function, params):
+        answer = self.inner.call(function, params)
+        if function == self.function and not self.blipped:
+            self.blipped = True
+            raise Unavailable("connection lost after the commit")
+        return answer
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_completion_whose_answer_was_lost_is_still_a_success(db_url, queue):
+    job = queue.enqueue("system.noop")
+    flaky = Queue(BlipAfterCommit(PsycopgTransport(db_url), "complete_job"))
+
+    summary = Worker(flaky).run_pass(10)
+
+    assert summary.succeeded == 1 and summary.retried == 0
+    assert queue.get(job.id).status == "succeeded"
+
+
+def test_a_lost_heartbeat_does_not_fail_the_job(db_url, queue):
+    job = queue.enqueue("system.sleep", {"seconds": 0.05, "steps": 2})
+    flaky = Queue(BlipAfterCommit(PsycopgTransport(db_url), "heartbeat_job"))
+
+    summary = Worker(flaky, progress_interval_seconds=0).run_pass(10)
+
+    assert summary.succeeded == 1
+    assert queue.get(job.id).status == "succeeded"
+
+
+def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue):
+    jobs = [queue.enqueue("system.sleep", {"seconds": 60, "steps": 600}) for _ in range(3)]
+    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_WORKER_BATCH_SIZE": "3"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "examq", "work", "--loop"], env=env, cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (queue.get(jobs[0].id).progress or 0) == 0:
+            assert time.monotonic() < deadline, "the worker never started the first job"
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    after = [queue.get(job.id) for job in jobs]
+    assert [job.status for job in after] == ["queued"] * 3
+    assert [job.attempt for job in after] == [0, 0, 0]
