@@ -199,6 +199,8 @@ def submit(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Enqueue one job; with --wait, run the worker here until it finishes."""
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
     settings = _settings(verbose)
     if job_type == "exam.pipeline":
         _submit_pipeline(settings, exam, responses, exam_format, title, user, idempotency_key, wait, as_json, timeout)

@@ -374,15 +374,22 @@ class Worker:
                 lease_seconds = min(_lease_seconds(job) for job in jobs)
                 recorder.set_tick(lease_seconds / 3)
 
-                for index, job in enumerate(jobs):
-                    # Jobs not started within a third of their lease, or once the budget
-                    # is nearly spent, go back to the queue unused.
-                    now = time.monotonic()
-                    if index > 0 and (now >= deadline - margin or now - claimed_at > lease_seconds / 3):
-                        recorder.flush()
-                        self._release_rest(jobs[index:], summary, log)
-                        break
-                    recorder.run(job)
+                index = 0
+                try:
+                    for index, job in enumerate(jobs):
+                        # Jobs not started within a third of their lease, or once the
+                        # budget is nearly spent, go back to the queue unused.
+                        now = time.monotonic()
+                        if index > 0 and (now >= deadline - margin or now - claimed_at > lease_seconds / 3):
+                            recorder.flush()
+                            self._release_rest(jobs[index:], summary, log)
+                            break
+                        recorder.run(job)
+                except KeyboardInterrupt:
+                    # Stopped: record what finished, give back the rest at once.
+                    recorder.flush()
+                    self._release_rest(jobs[index:], summary, log)
+                    raise
                 recorder.flush()
         finally:
             recorder.close()

@@ -10,6 +10,8 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from examq.db import PsycopgTransport
 from examq.errors import PermanentError, RetryableError, Unavailable
 from examq.queue import Queue
@@ -190,9 +192,15 @@ def test_a_lost_heartbeat_does_not_fail_the_job(db_url, queue):
     assert queue.get(job.id).status == "succeeded"
 
 
-def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue):
+@pytest.mark.parametrize("batch_outcomes", ["false", "true"])
+def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue, batch_outcomes):
     jobs = [queue.enqueue("system.sleep", {"seconds": 60, "steps": 600}) for _ in range(3)]
-    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_WORKER_BATCH_SIZE": "3"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "EXAMQ_WORKER_BATCH_SIZE": "3",
+        "EXAMQ_WORKER_BATCH_OUTCOMES": batch_outcomes,
+    }
     worker = subprocess.Popen(
         [sys.executable, "-m", "examq", "work", "--loop"], env=env, cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
