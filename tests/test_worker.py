@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from examq.db import PsycopgTransport
-from examq.errors import PermanentError, RetryableError, Unavailable
+from examq.errors import Unavailable
 from examq.queue import Queue
 from examq.worker import Worker
 from tests.conftest import PROJECT_ROOT
