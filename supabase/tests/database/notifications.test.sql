@@ -1,7 +1,7 @@
 -- Notifications: who may read and write preferences and the outbox, who may call the
 -- dispatcher's functions, and the outbox trigger on job_events.
 begin;
-select plan(24);
+select plan(25);
 
 -- Tables, grants and comments ---------------------------------------------------------
 
@@ -73,9 +73,11 @@ select ok(
   'signed-in users, not anonymous callers, can set notification preferences'
 );
 
+-- tgtype bit 0 is FOR EACH ROW: a statement trigger runs once for a whole batch.
 select ok(
-  (select t.tgqual is not null from pg_trigger t where t.tgname = 'job_events_write_notifications'),
-  'the outbox trigger has a WHEN condition, so other events never call it'
+  (select t.tgtype & 1 = 0 and t.tgnewtable is not null
+   from pg_trigger t where t.tgname = 'job_events_write_notifications'),
+  'the outbox trigger runs once per statement over its new events, not once per event'
 );
 
 -- The trigger --------------------------------------------------------------------------
@@ -110,6 +112,18 @@ select results_eq(
      where user_id = '00000000-0000-4000-8000-000000000003' order by channel $$,
   $$ values ('email', 'job.succeeded'), ('slack', 'job.succeeded') $$,
   'a user who asked for every success and for Slack gets both channels'
+);
+
+-- A job-type filter that holds a null, which the preferences accept, filters nothing out.
+update public.notification_preferences set job_types = array[null, 'exam.grade']
+where user_id = '00000000-0000-4000-8000-000000000003';
+select public.enqueue_job('system.noop', '{}'::jsonb, p_user_id => '00000000-0000-4000-8000-000000000003');
+select public.complete_job(j.id, j.lease_token, '{}'::jsonb) from public.claim_jobs('w', 1) j;
+
+select is(
+  (select count(*)::integer from public.notification_outbox where user_id = '00000000-0000-4000-8000-000000000003'),
+  4,
+  'a job-type filter holding a null does not drop notifications'
 );
 
 select throws_ok(
@@ -178,7 +192,7 @@ select throws_ok(
 select set_config('request.jwt.claims',
   '{"sub": "00000000-0000-4000-8000-00000000000a", "role": "authenticated"}', true);
 
-select is((select count(*)::integer from public.notification_outbox), 3,
+select is((select count(*)::integer from public.notification_outbox), 5,
   'an admin reads every notification');
 
 select is((select count(*)::integer from public.notification_preferences), 0,
