@@ -3,7 +3,7 @@
 -- search_path; row-level security is on for every table; and the table constraints
 -- refuse the states the queue functions must never write.
 begin;
-select plan(51);
+select plan(60);
 
 -- The project's own functions and relations. pgTAP is installed into public for the
 -- tests, so objects that belong to an extension are left out. Both views are temporary
@@ -141,10 +141,18 @@ select has_index('public', 'accounts', 'accounts_tier_idx', array['tier'],
   'accounts are indexed by tier');
 select has_index('public', 'job_events', 'job_events_job_id_id_idx', array['job_id', 'id'],
   'a job''s history is read in order through an index');
-select has_index('public', 'job_events', 'job_events_user_id_idx', array['user_id'],
-  'the job events policy filters through an index on user_id');
-select has_index('public', 'job_events', 'job_events_at_idx', array['at'],
-  'job events are indexed by time');
+-- Events are written twice per job and read by job: no other index to keep up.
+select is(
+  (select count(*)::integer from pg_index i where i.indrelid = 'public.job_events'::regclass),
+  2,
+  'job_events has only its primary key and the (job_id, id) index'
+);
+select ok(
+  exists (select from pg_trigger t
+          where t.tgrelid = 'public.jobs'::regclass and t.tgname = 'jobs_delete_events'
+            and t.tgtype & 1 = 0 and t.tgoldtable is not null),
+  'deleting jobs deletes their events, once per statement'
+);
 
 -- Comments ------------------------------------------------------------------------------
 
@@ -279,6 +287,56 @@ select is(
   0,
   'deleting a user deletes their account and their jobs'
 );
+
+select is(
+  (select count(*)::integer from public.job_events e
+   where e.user_id = '00000000-0000-4000-8000-000000000003'),
+  0,
+  'deleting a user deletes the events of their jobs'
+);
+
+-- The references of a job, checked by triggers rather than foreign keys.
+select throws_ok(
+  $$ insert into public.jobs (job_type, tier, run_at, sort_at, max_attempts) values ('no.such.type', 'system', now(), now(), 1) $$,
+  '23503', 'a job names what is not there: job type ''no.such.type'' does not exist',
+  'a job must name a job type that exists'
+);
+select throws_ok(
+  $$ insert into public.jobs (job_type, tier, run_at, sort_at, max_attempts)
+     values ('exam.grade', 'system', now(), now(), 1), ('exam.grade', 'platinum', now(), now(), 1) $$,
+  '23503', 'a job names what is not there: tier ''platinum'' does not exist',
+  'every job of a many-row insert must name a tier that exists'
+);
+select throws_ok(
+  $$ insert into public.jobs (job_type, user_id, tier, run_at, sort_at, max_attempts)
+     values ('exam.grade', '00000000-0000-4000-8000-0000000000ee', 'free', now(), now(), 1) $$,
+  '23503', 'a job names what is not there: no user with id 00000000-0000-4000-8000-0000000000ee',
+  'a job must name a user that exists'
+);
+select throws_ok(
+  format($$ update public.jobs set tier = 'platinum' where id = %s $$, :job),
+  '23503', null,
+  'a job cannot be moved to a tier that does not exist'
+);
+select throws_ok(
+  $$ delete from public.job_types where name = 'system.noop' $$,
+  '23503', null,
+  'a job type that jobs name cannot be deleted'
+);
+select throws_ok(
+  $$ update public.tiers set name = 'sys' where name = 'system' $$,
+  '23503', null,
+  'a tier that jobs name cannot be renamed'
+);
+select lives_ok(
+  $$ update public.tiers set head_start_seconds = head_start_seconds where name = 'system' $$,
+  'a tier that jobs name can still be edited'
+);
+
+-- Last: it empties the table.
+truncate public.jobs cascade;
+select is((select count(*)::integer from public.job_events), 0,
+  'truncating the jobs truncates their events');
 
 select * from finish();
 rollback;
