@@ -6,6 +6,7 @@ results. It never composes a transition out of several calls.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import datetime
@@ -69,10 +70,11 @@ class Outcome(BaseModel):
 
 
 class BatchOutcome(NamedTuple):
-    """What ``complete_jobs`` reported for one job of a batch.
+    """What a batched call reported for one job of its batch.
 
-    ``outcome`` is completed, already_completed, lease_lost, invalid_state or
-    not_found. A plain tuple: the worker reads thousands per second.
+    ``outcome`` is, from ``complete_jobs``: completed, already_completed, lease_lost,
+    invalid_state or not_found; from ``release_jobs``: released, cancelled, lease_lost
+    or not_found. A plain tuple: the worker reads thousands per second.
     """
 
     job_id: int
@@ -109,31 +111,47 @@ def check_storable(name: str, value: Any) -> None:
     numbers; catching them here gives one clear error on both transports instead of a
     driver- or server-specific one.
     """
-    stack: list[tuple[str, Any, int]] = [(name, value, 0)]
+    # Every job's payload and result passes through here, so the walk keeps each
+    # place as a (parent, step) pair and spells it out only for the error message.
+    stack: list[tuple[Any, Any, int]] = [(None, value, 0)]
     while stack:
-        where, item, depth = stack.pop()
+        place, item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise InvalidInput(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
-        if item is None or isinstance(item, bool):
+        kind = type(item)
+        if item is None or kind is bool:
             continue
-        if isinstance(item, str):
-            _check_text(where, item)
-        elif isinstance(item, int):
+        if kind is str or isinstance(item, str):
+            if not _storable_text(item):
+                _check_text(_spell(name, place), item)
+        elif kind is int or isinstance(item, int):
             if abs(item) >= 10**300:
+                where = _spell(name, place)
                 raise InvalidInput(f"{where} is a number beyond 1e300, which JSON readers cannot represent")
-        elif isinstance(item, float):
+        elif kind is float or isinstance(item, float):
             if not math.isfinite(item):
-                raise InvalidInput(f"{where} is {item}, which JSON cannot represent")
-        elif isinstance(item, dict):
+                raise InvalidInput(f"{_spell(name, place)} is {item}, which JSON cannot represent")
+        elif kind is dict or isinstance(item, dict):
             for key, child in item.items():
-                if not isinstance(key, str):
+                if type(key) is not str and not isinstance(key, str):
+                    where = _spell(name, place)
                     raise InvalidInput(f"{where} has a key of type {type(key).__name__}; JSON keys are text")
-                _check_text(f"{where} key {key[:40]!r}", key)
-                stack.append((f"{where}.{key}", child, depth + 1))
+                if not _storable_text(key):
+                    _check_text(f"{_spell(name, place)} key {key[:40]!r}", key)
+                stack.append(((place, "." + key), child, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            stack.extend(((place, i), child, depth + 1) for i, child in enumerate(item))
         else:
-            raise InvalidInput(f"{where} is a {type(item).__name__}, which JSON cannot represent")
+            raise InvalidInput(f"{_spell(name, place)} is a {type(item).__name__}, which JSON cannot represent")
+
+
+def _spell(name: str, place: Any) -> str:
+    """The place ``check_storable`` kept as (parent, step) pairs, as text: ``name.key[2]``."""
+    steps: list[str] = []
+    while place is not None:
+        place, step = place
+        steps.append(f"[{step}]" if isinstance(step, int) else step)
+    return name + "".join(reversed(steps))
 
 
 MAX_JSON_DEPTH = 64
@@ -151,6 +169,19 @@ def _check_finite(name: str, value: float, low: float, high: float) -> float:
     if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
         raise InvalidInput(f"{name} must be a number between {low:g} and {high:g}, not {value!r}")
     return float(value)
+
+
+def _storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store ``text``; ASCII, the common case, needs no encoding."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_text(where: str, text: str) -> None:
@@ -227,7 +258,7 @@ class Queue:
             params["p_job_types"] = job_types
         if lease_seconds is not None:
             params["p_lease_seconds"] = lease_seconds
-        return self._readable_jobs(self.transport.call("claim_jobs", params))
+        return self._readable_jobs(self._rows("claim_jobs", params))
 
     def claim_batch(
         self,
@@ -244,19 +275,23 @@ class Queue:
             params["p_job_types"] = job_types
         if lease_seconds is not None:
             params["p_lease_seconds"] = lease_seconds
-        return self._readable_jobs(self.transport.call("claim_job_batch", params))
+        return self._readable_jobs(self._rows("claim_job_batch", params))
 
-    def complete_many(self, done: list[tuple[Job, dict[str, Any] | None]]) -> list[BatchOutcome]:
+    def complete_many(
+        self, done: list[tuple[Job, dict[str, Any] | None]], *, checked: bool = False
+    ) -> list[BatchOutcome]:
         """Mark many jobs succeeded in one call; one outcome per job, in order.
 
         A job whose lease is gone is reported (``lease_lost``), not raised: the others
-        are still recorded. Raises InvalidInput when a result cannot be stored.
+        are still recorded. Raises InvalidInput when a result cannot be stored, unless
+        ``checked`` says every result already passed ``check_storable``.
         """
         if not done:
             return []
         items = []
         for job, result in done:
-            check_storable("result", result)
+            if not checked:
+                check_storable("result", result)
             items.append({"job_id": job.id, "lease_token": str(job.lease_token), "result": result})
         answer = self.transport.call("complete_jobs", {"p_jobs": items})
         return [BatchOutcome(e["job_id"], e["status"], e["outcome"]) for e in answer]
@@ -338,16 +373,44 @@ class Queue:
         params = {"p_job_id": job.id, "p_lease_token": str(job.lease_token)}
         return Outcome.model_validate(self.transport.call("release_job", params))
 
+    def release_many(self, jobs: list[Job]) -> list[BatchOutcome]:
+        """Give back many claimed, unstarted jobs in one call; one outcome per job, in order.
+
+        Each outcome is ``released``, ``cancelled`` (a cancel was requested meanwhile),
+        ``lease_lost`` or ``not_found``; none of them raises.
+        """
+        if not jobs:
+            return []
+        items = [{"job_id": job.id, "lease_token": str(job.lease_token)} for job in jobs]
+        answer = self.transport.call("release_jobs", {"p_jobs": items})
+        return [BatchOutcome(e["job_id"], e["status"], e["outcome"]) for e in answer]
+
+    def _rows(self, function: str, params: dict[str, Any]) -> list[Any]:
+        """The rows ``function`` returns: JSON text where the transport offers it, else dicts."""
+        as_text = getattr(self.transport, "call_rows_as_text", None)
+        if as_text is not None:
+            return list(as_text(function, params))
+        return list(self.transport.call(function, params))
+
     def _readable_jobs(self, rows: list[Any]) -> list[Job]:
         # One claimed row that cannot be read must not hold up the others of its batch:
         # it fails permanently under its own lease, and the rest are returned.
         jobs = []
         for row in rows:
             try:
-                jobs.append(Job.model_validate(row))
+                if isinstance(row, str):
+                    jobs.append(Job.model_validate_json(row))
+                else:
+                    jobs.append(Job.model_validate(row))
             except (ValueError, TypeError) as exc:
-                job_id = row.get("id") if isinstance(row, dict) else None
-                token = row.get("lease_token") if isinstance(row, dict) else None
+                fields = row
+                if isinstance(row, str):
+                    try:
+                        fields = json.loads(row)
+                    except ValueError:
+                        raise exc from None
+                job_id = fields.get("id") if isinstance(fields, dict) else None
+                token = fields.get("lease_token") if isinstance(fields, dict) else None
                 if job_id is None or token is None:
                     raise
                 self.transport.call(
