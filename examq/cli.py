@@ -7,6 +7,7 @@ import math
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -80,7 +81,11 @@ def demo(
         jobs.append(_enqueue_for_demo(queue, payload, user_id, settings))
     broken = {"key_csv": "question,answer\nQ1,A\n", "responses_csv": responses}
     jobs.append(_enqueue_for_demo(queue, broken, DEMO_TEACHERS["pro"], settings))
-    err.print(f"enqueued {len(jobs)} exam.grade jobs: {', '.join(str(j.id) for j in jobs)}")
+    err.print(
+        f"enqueued {len(jobs)} exam.grade jobs: {', '.join(str(j.id) for j in jobs)} "
+        f"(job {jobs[-1].id} has a malformed answer key on purpose: it shows a permanent "
+        "failure going straight to the dead-letter queue)"
+    )
 
     summary = _work_with_progress(queue, {job.id for job in jobs}, settings)
 
@@ -201,6 +206,11 @@ def submit(
     """Enqueue one job; with --wait, run the worker here until it finishes."""
     if not math.isfinite(timeout) or timeout <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="--timeout")
+    if user is not None:
+        try:
+            uuid.UUID(user)
+        except ValueError:
+            raise typer.BadParameter(f"must be a user id (a uuid), not {user!r}", param_hint="--user") from None
     settings = _settings(verbose)
     if job_type == "exam.pipeline":
         _submit_pipeline(settings, exam, responses, exam_format, title, user, idempotency_key, wait, as_json, timeout)
@@ -272,9 +282,17 @@ def _build_payload(job_type: str, key: Path | None, responses: Path | None, payl
             raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from exc
         if not isinstance(body, dict):
             raise typer.BadParameter("must be a JSON object", param_hint="--payload")
-    if job_type == "exam.grade" and "key_csv" not in body:
-        if key is None or responses is None:
-            raise typer.BadParameter("exam.grade needs --key and --responses (or --payload)")
+    if job_type == "exam.grade":
+        missing = [
+            name
+            for name, flag, given in (("key_csv", "--key", key), ("responses_csv", "--responses", responses))
+            if name not in body and given is None
+        ]
+        if missing:
+            raise typer.BadParameter(
+                "exam.grade needs --key and --responses (CSV files), or a --payload with "
+                f"key_csv and responses_csv (the CSV texts); missing: {', '.join(missing)}"
+            )
     try:
         if key is not None:
             body["key_csv"] = read_text_file(key)
@@ -420,6 +438,12 @@ def dev(
     url = local.database_url(settings)
     if static_dir is None:
         static_dir = dev_server.build_dashboard() if build else dev_server.DASHBOARD_DIR / "dist"
+    if not (static_dir / "index.html").is_file():
+        raise typer.BadParameter(
+            f"{static_dir} holds no built dashboard (index.html); build it with "
+            "`npm ci --prefix dashboard` and `examq dev` (without --no-build)",
+            param_hint="--static-dir" if build else "--no-build",
+        )
     dev_server.run(
         url,
         host=host,
@@ -449,6 +473,18 @@ def load(
 
     if not 0 <= failures <= 1:
         raise typer.BadParameter("must be between 0 and 1", param_hint="--failures")
+    checks = (
+        ("--rate", rate > 0 and math.isfinite(rate), "must be a positive number of jobs per second"),
+        ("--seconds", seconds > 0 and math.isfinite(seconds), "must be a positive number of seconds"),
+        ("--drain", drain >= 0 and math.isfinite(drain), "must be zero or a positive number of seconds"),
+        ("--workers", workers >= 1, "needs at least one worker process"),
+        ("--batch", 1 <= batch <= 1000, "must be between 1 and 1000"),
+        # One teacher per tier at least: the run checks that every tier is served.
+        ("--teachers", teachers >= 3, "needs at least 3 teachers, one per tier"),
+    )
+    for hint, ok, message in checks:
+        if not ok:
+            raise typer.BadParameter(message, param_hint=hint)
     settings = _settings()
     url = local.database_url(settings)
     err.print(
@@ -479,7 +515,15 @@ def load(
         return
     _print_load_report(report)
     unserved = [t for t in ("free", "pro", "enterprise") if report.tiers.get(t, {}).get("succeeded", 0) == 0]
-    if unserved or report.dead != report.dead_malformed:
+    problems = []
+    if unserved:
+        problems.append(f"no job of the {', '.join(unserved)} tier succeeded")
+    if report.dead != report.dead_malformed:
+        problems.append(
+            f"{report.dead - report.dead_malformed} dead letters besides the malformed submissions"
+        )
+    if problems:
+        err.print(f"[red]load check failed:[/] {'; '.join(problems)}")
         raise typer.Exit(1)
 
 

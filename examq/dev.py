@@ -8,7 +8,8 @@ Supabase:
 - ``/rest/v1`` the local PostgREST stand-in (examq.rest: RPC and table reads), with
   roles and claims from JWTs signed with this process's secret;
 - ``/auth/v1`` the local Supabase Auth stand-in (examq.local_auth);
-- ``/api/cron`` the Vercel function itself (functions.cron.app), unchanged;
+- ``/api/cron``, ``/api/health`` and ``/api/jobs``: the Vercel functions themselves
+  (``functions/``), unchanged;
 
 and a scheduler fires the crons of vercel.json on their schedules (UTC, as Vercel
 does), calling them over HTTP with ``Authorization: Bearer <CRON_SECRET>``.
@@ -229,12 +230,24 @@ def build_dashboard(dashboard_dir: Path = DASHBOARD_DIR) -> Path:
 
 
 def vercel_function_app() -> Any:
-    """functions.cron's ASGI app, imported from the checkout (it is not packaged)."""
+    """The Vercel functions (cron, health, jobs) as one ASGI app, from the checkout.
+
+    They are not packaged: each is imported from ``functions/`` as Vercel would, and
+    gets its requests unchanged (full path), as on Vercel.
+    """
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
-    from functions.cron import app
+    from functions.cron import app as cron
+    from functions.health import app as health
+    from functions.jobs import app as jobs
 
-    return app
+    return Starlette(
+        routes=[
+            Route("/api/cron", cron),
+            Route("/api/health", health),
+            Route("/api/jobs", jobs),
+        ]
+    )
 
 
 def anon_key(jwt_secret: str) -> str:

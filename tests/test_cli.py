@@ -123,3 +123,33 @@ def test_demo_grades_the_sample_exam(db_url):
     assert result.returncode == 0, result.stderr
     assert "succeeded" in result.stdout and "dead" in result.stdout
     assert "claimed 4, succeeded 3, failed 1" in result.stdout
+
+
+def test_load_refuses_option_values_it_cannot_run_with(db_url):
+    for args, hint in (
+        (["--rate", "0"], "--rate"),
+        (["--seconds", "-1"], "--seconds"),
+        (["--workers", "0"], "--workers"),
+        (["--teachers", "2"], "--teachers"),
+        (["--batch", "0"], "--batch"),
+    ):
+        result = run_examq(["load", *args], db_url)
+        assert result.returncode == 2, (args, result.stderr)
+        assert hint in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_submit_names_what_a_grading_payload_lacks_and_refuses_a_bad_user_id(db_url):
+    payload = run_examq(["submit", "exam.grade", "--payload", '{"x": 1}'], db_url)
+    user = run_examq(["submit", "system.noop", "--user", "not-a-uuid"], db_url)
+
+    assert payload.returncode == 2
+    assert "key_csv" in payload.stderr and "responses_csv" in payload.stderr
+    assert user.returncode == 2
+    assert "--user" in user.stderr and "uuid" in user.stderr
+
+
+def test_dev_without_a_built_dashboard_says_how_to_build_it(db_url, tmp_path):
+    result = run_examq(["dev", "--static-dir", str(tmp_path), "--no-cron"], db_url)
+
+    assert result.returncode == 2
+    assert "index.html" in result.stderr and "Traceback" not in result.stderr

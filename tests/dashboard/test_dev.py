@@ -94,6 +94,19 @@ def test_dev_serves_the_dashboard_the_api_and_the_cron_function(
     assert cron.json()["claimed"] == 0
 
 
+def test_dev_serves_every_vercel_function(client: TestClient) -> None:
+    bearer = {"Authorization": f"Bearer {CRON_SECRET}"}
+    health = client.get("/api/health", headers=bearer)
+    jobs_without_session = client.post("/api/jobs", json={})
+    unknown = client.get("/api/nothing-here", headers=bearer)
+
+    assert health.status_code in (200, 503), health.text
+    assert "ok" in health.json()
+    # Not 404: the function answers, and refuses a caller without a session.
+    assert jobs_without_session.status_code == 401, jobs_without_session.text
+    assert unknown.status_code == 404
+
+
 def test_local_auth_signs_a_seeded_user_in_with_a_supabase_style_jwt(
     client: TestClient, db_url: str
 ) -> None:
