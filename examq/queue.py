@@ -118,22 +118,21 @@ def check_storable(name: str, value: Any) -> None:
         place, item, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             raise InvalidInput(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
-        kind = type(item)
-        if item is None or kind is bool:
+        if item is None or isinstance(item, bool):
             continue
-        if kind is str or isinstance(item, str):
+        if isinstance(item, str):
             if not _storable_text(item):
                 _check_text(_spell(name, place), item)
-        elif kind is int or isinstance(item, int):
+        elif isinstance(item, int):
             if abs(item) >= 10**300:
                 where = _spell(name, place)
                 raise InvalidInput(f"{where} is a number beyond 1e300, which JSON readers cannot represent")
-        elif kind is float or isinstance(item, float):
+        elif isinstance(item, float):
             if not math.isfinite(item):
                 raise InvalidInput(f"{_spell(name, place)} is {item}, which JSON cannot represent")
-        elif kind is dict or isinstance(item, dict):
+        elif isinstance(item, dict):
             for key, child in item.items():
-                if type(key) is not str and not isinstance(key, str):
+                if not isinstance(key, str):
                     where = _spell(name, place)
                     raise InvalidInput(f"{where} has a key of type {type(key).__name__}; JSON keys are text")
                 if not _storable_text(key):

@@ -98,6 +98,72 @@ comment on trigger jobs_delete_events on public.jobs is
 comment on trigger jobs_truncate_events on public.jobs is
   'Truncates job_events when jobs are truncated, as TRUNCATE ... CASCADE did.';
 
+-- The input of the batched worker calls (complete_jobs, release_jobs): a JSON array
+-- of at most 1,000 objects, each with a numeric job_id, given once, and a lease_token.
+-- Returns the ids and tokens in input order, and the elements keyed by job id (so a
+-- caller looks each job's entry up by id rather than joining the input row by row);
+-- null arrays for an empty batch. p_fields names the elements' fields in the error
+-- for a value that is not an array. Raises EQ007.
+create function examq_internal.read_lease_batch(
+  p_jobs jsonb,
+  p_fields text,
+  out ids bigint[],
+  out tokens uuid[],
+  out given jsonb
+)
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v_count integer;
+  v_ok boolean;
+  v_distinct bigint;
+begin
+  if p_jobs is null or jsonb_typeof(p_jobs) <> 'array' then
+    raise exception using errcode = 'EQ007', message = format('jobs must be a JSON array of {%s}', p_fields);
+  end if;
+
+  v_count := jsonb_array_length(p_jobs);
+
+  if v_count > 1000 then
+    raise exception using errcode = 'EQ007', message = format('give at most 1000 jobs, not %s', v_count);
+  end if;
+
+  if v_count = 0 then
+    return;
+  end if;
+
+  begin
+    select array_agg((e ->> 'job_id')::bigint order by x.ord),
+           array_agg((e ->> 'lease_token')::uuid order by x.ord),
+           jsonb_object_agg(coalesce(((e ->> 'job_id')::bigint)::text, ''), e),
+           bool_and(jsonb_typeof(e) = 'object'
+                    and jsonb_typeof(e -> 'job_id') is not distinct from 'number'
+                    and jsonb_typeof(e -> 'lease_token') is not distinct from 'string'),
+           count(distinct e ->> 'job_id')
+    into ids, tokens, given, v_ok, v_distinct
+    from jsonb_array_elements(p_jobs) with ordinality as x (e, ord);
+  exception
+    when invalid_text_representation or numeric_value_out_of_range then
+      raise exception using errcode = 'EQ007', message = format('a job has an invalid job_id or lease_token: %s', sqlerrm);
+  end;
+
+  if not v_ok then
+    raise exception using errcode = 'EQ007', message = 'each job needs a numeric job_id and a lease_token';
+  end if;
+
+  if v_distinct <> v_count then
+    raise exception using errcode = 'EQ007', message = 'a job id is given twice';
+  end if;
+end
+$$;
+
+comment on function examq_internal.read_lease_batch(jsonb, text) is
+  'Reads and checks the input of the batched worker calls: ids, tokens and elements by id.';
+
+revoke all on function examq_internal.read_lease_batch(jsonb, text) from public, anon, authenticated;
+grant execute on function examq_internal.read_lease_batch(jsonb, text) to service_role;
+
 -- complete_jobs ---------------------------------------------------------------------
 -- The contract is unchanged (see the migration that introduced it): p_jobs is a JSON
 -- array of at most 1,000 {job_id, lease_token, result}; each job running under the
@@ -113,45 +179,15 @@ declare
   v_tokens uuid[];
   v_given jsonb;
   v_done bigint[];
-  v_ok boolean;
-  v_distinct bigint;
 begin
-  if p_jobs is null or jsonb_typeof(p_jobs) <> 'array' then
-    raise exception using errcode = 'EQ007', message = 'jobs must be a JSON array of {job_id, lease_token, result}';
-  end if;
+  select b.ids, b.tokens, b.given into v_ids, v_tokens, v_given
+  from examq_internal.read_lease_batch(p_jobs, 'job_id, lease_token, result') b;
 
-  v_count := jsonb_array_length(p_jobs);
-
-  if v_count > 1000 then
-    raise exception using errcode = 'EQ007', message = format('give at most 1000 jobs, not %s', v_count);
-  end if;
-
-  if v_count = 0 then
+  if v_ids is null then
     return '[]'::jsonb;
   end if;
 
-  begin
-    select array_agg((e ->> 'job_id')::bigint order by x.ord),
-           array_agg((e ->> 'lease_token')::uuid order by x.ord),
-           jsonb_object_agg(coalesce(((e ->> 'job_id')::bigint)::text, ''), e),
-           bool_and(jsonb_typeof(e) = 'object'
-                    and jsonb_typeof(e -> 'job_id') is not distinct from 'number'
-                    and jsonb_typeof(e -> 'lease_token') is not distinct from 'string'),
-           count(distinct e ->> 'job_id')
-    into v_ids, v_tokens, v_given, v_ok, v_distinct
-    from jsonb_array_elements(p_jobs) with ordinality as x (e, ord);
-  exception
-    when invalid_text_representation or numeric_value_out_of_range then
-      raise exception using errcode = 'EQ007', message = format('a job has an invalid job_id or lease_token: %s', sqlerrm);
-  end;
-
-  if not v_ok then
-    raise exception using errcode = 'EQ007', message = 'each job needs a numeric job_id and a lease_token';
-  end if;
-
-  if v_distinct <> v_count then
-    raise exception using errcode = 'EQ007', message = 'a job id is given twice';
-  end if;
+  v_count := cardinality(v_ids);
 
   -- The jobs are found through the primary key, by the given ids, whatever the table
   -- holds; each one's lease token and result are looked up by its id in the input

@@ -18,49 +18,15 @@ language plpgsql volatile
 set search_path = ''
 as $$
 declare
-  v_count integer;
   v_ids bigint[];
-  v_tokens uuid[];
   v_given jsonb;
-  v_ok boolean;
-  v_distinct bigint;
   v_moved jsonb;
 begin
-  if p_jobs is null or jsonb_typeof(p_jobs) <> 'array' then
-    raise exception using errcode = 'EQ007', message = 'jobs must be a JSON array of {job_id, lease_token}';
-  end if;
+  select b.ids, b.given into v_ids, v_given
+  from examq_internal.read_lease_batch(p_jobs, 'job_id, lease_token') b;
 
-  v_count := jsonb_array_length(p_jobs);
-
-  if v_count > 1000 then
-    raise exception using errcode = 'EQ007', message = format('give at most 1000 jobs, not %s', v_count);
-  end if;
-
-  if v_count = 0 then
+  if v_ids is null then
     return '[]'::jsonb;
-  end if;
-
-  begin
-    select array_agg((e ->> 'job_id')::bigint order by x.ord),
-           array_agg((e ->> 'lease_token')::uuid order by x.ord),
-           jsonb_object_agg(coalesce(((e ->> 'job_id')::bigint)::text, ''), e),
-           bool_and(jsonb_typeof(e) = 'object'
-                    and jsonb_typeof(e -> 'job_id') is not distinct from 'number'
-                    and jsonb_typeof(e -> 'lease_token') is not distinct from 'string'),
-           count(distinct e ->> 'job_id')
-    into v_ids, v_tokens, v_given, v_ok, v_distinct
-    from jsonb_array_elements(p_jobs) with ordinality as x (e, ord);
-  exception
-    when invalid_text_representation or numeric_value_out_of_range then
-      raise exception using errcode = 'EQ007', message = format('a job has an invalid job_id or lease_token: %s', sqlerrm);
-  end;
-
-  if not v_ok then
-    raise exception using errcode = 'EQ007', message = 'each job needs a numeric job_id and a lease_token';
-  end if;
-
-  if v_distinct <> v_count then
-    raise exception using errcode = 'EQ007', message = 'a job id is given twice';
   end if;
 
   -- Reached through the primary key, each job's token looked up by its id in the
