@@ -18,7 +18,7 @@ from rich.table import Table
 
 from examq import local
 from examq.config import Backend, Settings, load_settings
-from examq.errors import ExamqError, JobNotFound, PermanentError, Unavailable
+from examq.errors import ExamqError, JobNotFound, PermanentError, Unavailable, UnknownJobType
 from examq.handlers.grade import read_text_file
 from examq.log import configure_logging
 from examq.notify.dispatcher import Dispatcher, DispatchSummary
@@ -405,17 +405,40 @@ def status(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False
 
 
 @app.command()
-def cancel(job_id: int, reason: Annotated[Optional[str], typer.Option()] = None) -> None:
+def cancel(
+    job_id: int,
+    reason: Annotated[Optional[str], typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
     """Cancel a queued job, or ask a running one to stop."""
-    answer = _queue(_settings()).cancel(job_id, reason)
-    out.print_json(answer.model_dump_json())
+    _print_outcome(_queue(_settings()).cancel(job_id, reason), as_json)
 
 
 @app.command()
-def requeue(job_id: int) -> None:
+def requeue(
+    job_id: int,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
     """Put a dead or cancelled job back in the queue."""
-    answer = _queue(_settings()).requeue(job_id)
-    out.print_json(answer.model_dump_json())
+    _print_outcome(_queue(_settings()).requeue(job_id), as_json)
+
+
+# What each outcome of cancel_job and requeue_job means, in a line.
+_OUTCOME_TEXT = {
+    "cancelled": "cancelled",
+    "cancel_requested": "asked to stop; its worker sees it at the next heartbeat",
+    "chain_cancelled": "its chain's waiting and queued steps are cancelled",
+    "already_finished": "had already finished; nothing to cancel",
+    "requeued": "back in the queue",
+}
+
+
+def _print_outcome(answer: Any, as_json: bool) -> None:
+    if as_json:
+        out.print_json(answer.model_dump_json())
+        return
+    said = _OUTCOME_TEXT.get(answer.outcome, answer.outcome.replace("_", " "))
+    out.print(f"job {answer.job_id}: {said} (status {answer.status})")
 
 
 @app.command()
@@ -592,6 +615,22 @@ def db_stop() -> None:
     out.print("embedded server stopped" if stopped else "no embedded server was running")
 
 
+def _known_job_types_hint(message: str) -> str:
+    """What to say after an unknown job type: the closest built-in type, and all of them."""
+    import difflib
+    import re
+
+    from examq.handlers import registry
+
+    if not message.startswith("unknown job type"):
+        return ""  # a known type this tier may not use: the message says so
+    known = sorted(registry())
+    named = re.search(r"'((?:[^']|'')*)'", message)
+    close = difflib.get_close_matches(named.group(1).replace("''", "'"), known, n=1) if named else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{hint} (built-in job types: {', '.join(known)})"
+
+
 def main() -> None:
     """Entry point: run the CLI, turning examq's errors into one clear line."""
     try:
@@ -599,6 +638,9 @@ def main() -> None:
     except JobNotFound as exc:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(1)
+    except UnknownJobType as exc:
+        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}{_known_job_types_hint(str(exc))}")
+        sys.exit(2)
     except ExamqError as exc:
         err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
         sys.exit(2)

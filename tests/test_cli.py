@@ -148,6 +148,34 @@ def test_submit_names_what_a_grading_payload_lacks_and_refuses_a_bad_user_id(db_
     assert "--user" in user.stderr and "uuid" in user.stderr
 
 
+def test_an_unknown_job_type_is_refused_with_the_closest_known_one(db_url):
+    typo = run_examq(["submit", "exam.grad", "--payload", "{}"], db_url)
+    nonsense = run_examq(["submit", "zzz", "--payload", "{}"], db_url)
+
+    assert typo.returncode == 2
+    assert "unknown job type 'exam.grad'" in typo.stderr
+    assert "did you mean exam.grade?" in typo.stderr
+    assert "system.noop" in typo.stderr and "Traceback" not in typo.stderr
+    assert nonsense.returncode == 2
+    assert "did you mean" not in nonsense.stderr and "exam.grade" in nonsense.stderr
+
+
+def test_cancel_and_requeue_say_what_happened_and_print_json_on_request(db_url):
+    submitted = run_examq(["submit", "system.noop", "--json"], db_url)
+    job_id = str(json.loads(submitted.stdout)["id"])
+
+    cancelled = run_examq(["cancel", job_id, "--reason", "wrong file"], db_url)
+    again = run_examq(["cancel", job_id, "--json"], db_url)
+    requeued = run_examq(["requeue", job_id], db_url)
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"job {job_id}: cancelled (status cancelled)"
+    assert json.loads(again.stdout) == {
+        "job_id": int(job_id), "status": "cancelled", "outcome": "already_finished", "run_at": None,
+    }
+    assert requeued.stdout.strip() == f"job {job_id}: back in the queue (status queued)"
+
+
 def test_dev_without_a_built_dashboard_says_how_to_build_it(db_url, tmp_path):
     result = run_examq(["dev", "--static-dir", str(tmp_path), "--no-cron"], db_url)
 
