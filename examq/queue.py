@@ -453,3 +453,12 @@ class Queue:
         _check_finite("older_than_days", older_than_days, 1 / 24, 36500)
         params = {"p_older_than": f"{older_than_days} days", "p_limit": limit}
         return int(self.transport.call("prune_jobs", params))
+
+    def prune_notifications(self, older_than_days: float = 30, limit: int = 10000) -> int:
+        """Delete up to ``limit`` finished admin notifications older than ``older_than_days``.
+
+        A job's notifications are deleted with the job (``prune``).
+        """
+        _check_finite("older_than_days", older_than_days, 1 / 24, 36500)
+        params = {"p_older_than": f"{older_than_days} days", "p_limit": limit}
+        return int(self.transport.call("prune_notifications", params))

@@ -95,7 +95,7 @@ def run_cron(request: Request) -> JSONResponse:
 
     notifications = _notify(queue, settings, summary)
     pruned = _housekeeping(queue, settings)
-    return JSONResponse({**summary.as_dict(), "notifications": notifications, "pruned": pruned})
+    return JSONResponse({**summary.as_dict(), "notifications": notifications, **pruned})
 
 
 def _notify(queue: Queue, settings: Settings, summary: PassSummary) -> dict:
@@ -119,15 +119,17 @@ def _notify(queue: Queue, settings: Settings, summary: PassSummary) -> dict:
     return result
 
 
-def _housekeeping(queue: Queue, settings: Settings) -> int:
+def _housekeeping(queue: Queue, settings: Settings) -> dict[str, int]:
     # Retention runs in small bounded steps on every tick, so no tick is ever long
     # and a backlog of old jobs drains over a few ticks. Its failure never fails
     # the tick: the jobs it would delete are already finished.
+    pruned = {"pruned": 0, "pruned_notifications": 0}
     try:
-        return queue.prune(settings.retention_days, limit=1000)
+        pruned["pruned"] = queue.prune(settings.retention_days, limit=1000)
+        pruned["pruned_notifications"] = queue.prune_notifications(settings.retention_days, limit=1000)
     except DatabaseError as exc:
         logger.warning("retention step failed: {}", type(exc).__name__)
-        return 0
+    return pruned
 
 
 app = Starlette(routes=[Route("/api/cron", run_cron, methods=["GET"])])

@@ -74,10 +74,19 @@ def test_cron_prunes_jobs_past_retention(client, queue, sql, monkeypatch):
     for job in queue.claim("w", 10):
         queue.complete(job, {})
     sql.execute("update jobs set finished_at = now() - interval '2 days' where id = %s", (old.id,))
+    # An admin alert sent three days ago, and one sent today: only the old one goes.
+    sql.execute(
+        "insert into notification_outbox (audience, channel, kind, status, created_at, sent_at) values "
+        "('admins', 'slack', 'alert.queue_age', 'sent', now() - interval '3 days', now() - interval '3 days'), "
+        "('admins', 'slack', 'alert.dead_letter', 'sent', now(), now())"
+    )
 
     body = client.get("/api/cron", headers={"Authorization": "Bearer s3cret-for-tests"}).json()
 
     assert body["pruned"] == 1
+    assert body["pruned_notifications"] == 1
+    kinds = [r[0] for r in sql.execute("select kind from notification_outbox where job_id is null").fetchall()]
+    assert kinds == ["alert.dead_letter"]
     remaining = {row[0] for row in sql.execute("select id from jobs").fetchall()}
     assert old.id not in remaining and recent.id in remaining
     assert sql.execute("select count(*) from job_events where job_id = %s", (old.id,)).fetchone()[0] == 0
