@@ -9,7 +9,8 @@ Supabase:
   roles and claims from JWTs signed with this process's secret;
 - ``/auth/v1`` the local Supabase Auth stand-in (examq.local_auth);
 - ``/api/cron``, ``/api/health`` and ``/api/jobs``: the Vercel functions themselves
-  (``functions/``), unchanged;
+  (``functions/``), unchanged but for one setting: ``/api/jobs`` verifies users'
+  tokens with this process's secret, as the project's JWT secret would on Supabase;
 
 and a scheduler fires the crons of vercel.json on their schedules (UTC, as Vercel
 does), calling them over HTTP with ``Authorization: Bearer <CRON_SECRET>``.
@@ -22,6 +23,7 @@ from an earlier run ends with the page asking to sign in again.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -229,23 +231,25 @@ def build_dashboard(dashboard_dir: Path = DASHBOARD_DIR) -> Path:
     )
 
 
-def vercel_function_app() -> Any:
+def vercel_function_app(jwt_secret: str | None = None) -> Any:
     """The Vercel functions (cron, health, jobs) as one ASGI app, from the checkout.
 
     They are not packaged: each is imported from ``functions/`` as Vercel would, and
-    gets its requests unchanged (full path), as on Vercel.
+    gets its requests unchanged (full path), as on Vercel. ``jwt_secret`` is the one
+    the local Auth stand-in signs with: the jobs function verifies users' tokens with
+    it, as on Supabase it would with the project's JWT secret.
     """
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(0, str(PROJECT_ROOT))
     from functions.cron import app as cron
     from functions.health import app as health
-    from functions.jobs import app as jobs
+    from functions.jobs import create_app as create_jobs_app
 
     return Starlette(
         routes=[
             Route("/api/cron", cron),
             Route("/api/health", health),
-            Route("/api/jobs", jobs),
+            Route("/api/jobs", create_jobs_app(jwt_secret=jwt_secret)),
         ]
     )
 
@@ -271,7 +275,7 @@ def create_dev_app(
     auth = LocalAuth(database_url, jwt_secret)
     key = anon_key(jwt_secret)
     if cron_app is None:
-        cron_app = vercel_function_app()
+        cron_app = vercel_function_app(jwt_secret)
 
     async def config_js(request: Request) -> Response:
         users = await run_in_threadpool(auth.list_users)
@@ -302,6 +306,38 @@ def create_dev_app(
 # Running it --------------------------------------------------------------------------
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``; raises ConfigError saying why it cannot be."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not 0 <= port <= 65535:
+        raise ConfigError("--port", f"must be between 0 and 65535, not {port}")
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
+    )
+    try:
+        # Lets a restarted server bind while the previous one's connections linger
+        # in TIME_WAIT; a port another server listens on is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                "--port",
+                f"cannot listen on {where}: address already in use; choose another --port",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                "--port",
+                f"cannot listen on {where}: permission denied; choose a port above 1023",
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            "--host", f"cannot listen on {where}: {reason}; check --host"
+        ) from None
+    return sock
+
+
 def run(
     database_url: str,
     *,
@@ -322,11 +358,7 @@ def run(
     os.environ["DATABASE_URL"] = database_url
     os.environ["CRON_SECRET"] = cron_secret
 
-    sock = socket.socket(
-        socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
-    )
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = listening_socket(host, port)
     bound_port = sock.getsockname()[1]
     local_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base_url = f"http://{local_host}:{bound_port}"

@@ -14,6 +14,13 @@ once: Vercel's Python runtime cannot keep working after the response is sent, an
 cron picks up whatever the pass leaves. The answer is 202 with the chain's jobs as
 the user sees them after the pass.
 
+The token is checked before the body is read, so a caller without a valid session
+learns nothing about what the API accepts. Over a direct connection it is verified
+with ``SUPABASE_JWT_SECRET`` (or the secret ``create_app`` was given: ``examq dev``
+passes the one its local Auth stand-in signs with). Over the Supabase API, PostgREST
+verifies the signature at the enqueue; before that, a token whose claims cannot be a
+signed-in user's (malformed, expired, an anon or service key) is refused here.
+
 Errors: 401 for a missing or invalid token, 400 for a bad body or payload (with the
 reason), 403 when the user may not do this, 413 for a payload over the tier's
 limit, 429 when the queued-job quota is reached, 500 for missing configuration
@@ -23,9 +30,12 @@ limit, 429 when the queued-job quota is reached, 500 for missing configuration
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
+import jwt
 from loguru import logger
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -54,6 +64,8 @@ from examq.exam.pipeline import (
 )
 from examq.exam.settings import ExamSettings, load_exam_settings
 from examq.exam.submission import (
+    JWT_AUDIENCE,
+    JWT_LEEWAY_SECONDS,
     InvalidToken,
     UserPsycopgTransport,
     is_token_rejection,
@@ -103,6 +115,11 @@ async def submit_jobs(request: Request) -> JSONResponse:
     except ConfigError as exc:
         return _error(500, f"configuration: {exc}")
     configure_logging(settings.log_format, settings.log_level)
+    jwt_secret = getattr(request.app.state, "jwt_secret", None)
+    if jwt_secret is not None:
+        settings = settings.model_copy(
+            update={"supabase_jwt_secret": SecretStr(jwt_secret)}
+        )
 
     token = _bearer(request)
     if not token:
@@ -110,6 +127,15 @@ async def submit_jobs(request: Request) -> JSONResponse:
             401,
             "sign in: send the user's access token as 'Authorization: Bearer <token>'",
         )
+    try:
+        # In a thread: with the embedded database, finding its URL may start it.
+        transport = await run_in_threadpool(_user_transport, settings, token)
+    except InvalidToken as exc:
+        return _error(401, str(exc))
+    except ConfigError as exc:
+        logger.error("jobs API misconfigured: {}", exc)
+        return _error(500, f"configuration: {exc}")
+
     try:
         body = await request.json()
     except ValueError:
@@ -130,7 +156,7 @@ async def submit_jobs(request: Request) -> JSONResponse:
         return _error(400, str(exc))
 
     return await run_in_threadpool(
-        _enqueue_and_kick, settings, token, steps, body.get("idempotency_key")
+        _enqueue_and_kick, settings, transport, steps, body.get("idempotency_key")
     )
 
 
@@ -152,16 +178,10 @@ def _check_body(body: Any) -> str | None:
 
 
 def _enqueue_and_kick(
-    settings: ExamSettings, token: str, steps: list[dict[str, Any]], key: str | None
+    settings: ExamSettings, transport: Any, steps: list[dict[str, Any]], key: str | None
 ) -> JSONResponse:
     try:
-        transport = _user_transport(settings, token)
         chain = enqueue_chain(transport, steps, idempotency_key=key)
-    except InvalidToken as exc:
-        return _error(401, str(exc))
-    except ConfigError as exc:
-        logger.error("jobs API misconfigured: {}", exc)
-        return _error(500, f"configuration: {exc}")
     except DatabaseError as exc:
         return _database_error(exc)
 
@@ -197,13 +217,18 @@ def _enqueue_and_kick(
 
 
 def _user_transport(settings: ExamSettings, token: str) -> Any:
-    """A transport that calls the SQL functions as the token's user (see examq.exam.submission)."""
+    """A transport that calls the SQL functions as the token's user (see examq.exam.submission).
+
+    Raises InvalidToken when the token is not a signed-in user's, ConfigError when a
+    setting the chosen path needs is missing.
+    """
     if settings.database_url is None and settings.supabase_url is not None:
         if settings.supabase_anon_key is None:
             raise ConfigError(
                 "SUPABASE_ANON_KEY",
                 "must be set for the jobs API to call Supabase as the user",
             )
+        _check_user_claims(token)
         return user_supabase_transport(
             settings.supabase_url, settings.supabase_anon_key.get_secret_value(), token
         )
@@ -216,6 +241,39 @@ def _user_transport(settings: ExamSettings, token: str) -> Any:
     claims = verify_access_token(token, settings.supabase_jwt_secret.get_secret_value())
     url = settings.database_url or local.database_url(settings, prepare=False)
     return UserPsycopgTransport(url, claims)
+
+
+def _check_user_claims(token: str) -> None:
+    """Refuse a token whose claims cannot be a signed-in user's, without its signature.
+
+    Over the Supabase API the project's signing key is PostgREST's to check (it may
+    be asymmetric, unknown here); this only spares a request to it, and the caller
+    a 400 about their body, when the token is plainly not a session's.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            options={
+                "verify_signature": False,
+                "verify_exp": True,
+                "verify_aud": True,
+                "require": ["exp", "sub"],
+            },
+            audience=JWT_AUDIENCE,
+            leeway=JWT_LEEWAY_SECONDS,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("the access token has expired") from exc
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken(
+            f"the access token is not valid ({type(exc).__name__})"
+        ) from exc
+    if claims.get("role") != "authenticated":
+        raise InvalidToken("the access token is not a signed-in user's")
+    try:
+        uuid.UUID(str(claims["sub"]))
+    except ValueError as exc:
+        raise InvalidToken("the access token's subject is not a user id") from exc
 
 
 def _database_error(exc: DatabaseError) -> JSONResponse:
@@ -250,4 +308,17 @@ def _kick(
     return summary.as_dict()
 
 
-app = Starlette(routes=[Route("/api/jobs", submit_jobs, methods=["POST"])])
+def create_app(*, jwt_secret: str | None = None) -> Starlette:
+    """The jobs function as an ASGI app.
+
+    ``jwt_secret``, when given, verifies the users' tokens in place of
+    ``SUPABASE_JWT_SECRET``, over a direct connection: ``examq dev`` passes the secret
+    its local Auth stand-in signs with, which it makes up on each start.
+    """
+    jobs_app = Starlette(routes=[Route("/api/jobs", submit_jobs, methods=["POST"])])
+    jobs_app.state.jwt_secret = jwt_secret
+    return jobs_app
+
+
+# What Vercel serves: the secret comes from the environment.
+app = create_app()

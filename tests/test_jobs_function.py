@@ -346,3 +346,75 @@ def test_jobs_api_on_supabase_needs_the_anon_key(supabase_client, monkeypatch) -
     assert (
         response.status_code == 500 and "SUPABASE_ANON_KEY" in response.json()["error"]
     )
+
+
+# Authentication comes before the body: a caller without a valid session gets 401
+# whatever they send, and only a signed-in user hears what is wrong with the body.
+BAD_BODIES = [{}, {"job_type": ""}, [1, 2], {"job_type": "exam.grade", "surprise": 1}]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+@pytest.mark.parametrize(
+    "bearer",
+    [None, "junk", token(secret="another-secret-of-sufficient-length-000000")],
+    ids=["missing", "junk", "wrong-secret"],
+)
+def test_jobs_api_refuses_a_bad_token_before_reading_the_body(
+    client, bearer, body
+) -> None:
+    response = post(client, body, bearer)
+
+    assert response.status_code == 401, response.text
+
+
+def test_jobs_api_refuses_a_bad_token_even_when_the_body_is_not_json(client) -> None:
+    response = client.post(
+        "/api/jobs", content="not json", headers={"Authorization": "Bearer junk"}
+    )
+
+    assert response.status_code == 401, response.text
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    "bearer",
+    [
+        "junk",
+        SERVICE_KEY,
+        ANON_KEY,
+        token(exp=int(time.time()) - 120),
+        token(aud="something-else"),
+        token(sub="not-a-uuid"),
+    ],
+    ids=["junk", "service-key", "anon-key", "expired", "audience", "bad-subject"],
+)
+@pytest.mark.parametrize("body", BAD_BODIES[:2])
+def test_jobs_api_on_supabase_refuses_a_token_that_is_no_session_before_the_body(
+    supabase_client, bearer, body
+) -> None:
+    enqueue = respx.post(f"{PROJECT}/rest/v1/rpc/enqueue_chain").mock(
+        return_value=httpx.Response(200, json=CHAIN)
+    )
+
+    response = post(supabase_client, body, bearer)
+
+    assert response.status_code == 401, response.text
+    assert not enqueue.called
+
+
+def test_jobs_app_given_a_secret_verifies_with_it_rather_than_the_environment(
+    client, sql
+) -> None:
+    # As examq dev runs it: its own sign-in's secret, whatever SUPABASE_JWT_SECRET says.
+    own_secret = "the-dev-servers-own-secret-0123456789abcdef"
+    dev_client = TestClient(jobs_function.create_app(jwt_secret=own_secret))
+    body = {"job_type": "system.noop", "payload": {}}
+
+    accepted = post(dev_client, body, token(PRO_USER, secret=own_secret))
+    from_environment = post(dev_client, body, token(PRO_USER))
+    unchecked_body = post(dev_client, {}, token(PRO_USER, secret=own_secret))
+
+    assert accepted.status_code == 202, accepted.text
+    assert from_environment.status_code == 401, from_environment.text
+    assert unchecked_body.status_code == 400
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
