@@ -37,6 +37,18 @@ _DURATION = re.compile(
 )
 _CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$")
 
+# A Supabase Storage bucket name, for EXAMQ_REPORTS_BUCKET and for the buckets that
+# jobs name their inputs in (examq/exam/storage.py).
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+
+# The cron function's maxDuration in vercel.json: Vercel stops the function then, so a
+# cron pass's budget must end before it, leaving time to record the last outcomes.
+CRON_MAX_DURATION_SECONDS = 60
+
+# The smallest EXAMQ_MAX_INPUT_BYTES allowed: an input no larger than this is within
+# every valid limit, so a handler need not read the settings to accept it.
+MIN_INPUT_LIMIT_BYTES = 1024
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -59,7 +71,7 @@ class Settings(BaseSettings):
     cron_secret: SecretStr | None = Field(default=None, alias="CRON_SECRET")
     data_dir: Path = Field(default_factory=_default_data_dir, alias="EXAMQ_DATA_DIR")
     worker_batch_size: int = Field(default=5, ge=1, le=1000, alias="EXAMQ_WORKER_BATCH_SIZE")
-    cron_budget_seconds: float = Field(default=50.0, gt=0, le=900, alias="EXAMQ_CRON_BUDGET_SECONDS")
+    cron_budget_seconds: float = Field(default=50.0, gt=0, alias="EXAMQ_CRON_BUDGET_SECONDS")
     retention_days: float = Field(default=30.0, ge=0.05, le=3650, alias="EXAMQ_RETENTION_DAYS")
     log_format: Literal["auto", "json", "text"] = Field(default="auto", alias="EXAMQ_LOG_FORMAT")
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = Field(
@@ -115,6 +127,26 @@ class Settings(BaseSettings):
         default=300, ge=60, le=604800, alias="EXAMQ_ALERT_CRON_SILENCE_SECONDS"
     )
 
+    # Exam processing (examq/exam) and the jobs API (functions/jobs.py). Local folders
+    # stand in for Supabase Storage unless the Supabase pair is set and they are not.
+    storage_dir: Path | None = Field(default=None, alias="EXAMQ_STORAGE_DIR")
+    reports_dir: Path | None = Field(default=None, alias="EXAMQ_REPORTS_DIR")
+    reports_bucket: str = Field(default="exam-reports", alias="EXAMQ_REPORTS_BUCKET")
+    report_link_seconds: int = Field(
+        default=7 * 86400, ge=60, le=365 * 86400, alias="EXAMQ_REPORT_LINK_SECONDS"
+    )
+    max_input_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=MIN_INPUT_LIMIT_BYTES,
+        le=500 * 1024 * 1024,
+        alias="EXAMQ_MAX_INPUT_BYTES",
+    )
+    supabase_anon_key: SecretStr | None = Field(default=None, alias="SUPABASE_ANON_KEY")
+    supabase_jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
+    submit_pass_seconds: float = Field(
+        default=8.0, ge=0, le=50, alias="EXAMQ_SUBMIT_PASS_SECONDS"
+    )
+
     @field_validator(
         "database_url", "supabase_url", "supabase_service_role_key", "cron_secret", mode="before"
     )
@@ -134,9 +166,36 @@ class Settings(BaseSettings):
     def _blank_notify_setting_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("email_from", "dashboard_url", mode="before")
+    @field_validator(
+        "storage_dir", "reports_dir", "supabase_anon_key", "supabase_jwt_secret", mode="before"
+    )
     @classmethod
-    def _blank_notify_text_is_default(cls, value: object, info: Any) -> object:
+    def _blank_exam_setting_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("reports_bucket")
+    @classmethod
+    def _check_reports_bucket(cls, value: str) -> str:
+        if not BUCKET_NAME.match(value):
+            raise ValueError(
+                "must be a Storage bucket name, 3 to 63 of a-z 0-9 . _ -"
+                f" (e.g. exam-reports), not {value!r}"
+            )
+        return value
+
+    @field_validator("cron_budget_seconds")
+    @classmethod
+    def _check_cron_budget(cls, value: float) -> float:
+        if value >= CRON_MAX_DURATION_SECONDS:
+            raise ValueError(
+                f"must be below {CRON_MAX_DURATION_SECONDS} s, the cron function's"
+                " maxDuration in vercel.json (default 50)"
+            )
+        return value
+
+    @field_validator("email_from", "dashboard_url", "reports_bucket", mode="before")
+    @classmethod
+    def _blank_text_is_default(cls, value: object, info: Any) -> object:
         if isinstance(value, str) and not value.strip():
             return cls.model_fields[info.field_name].default
         return value
@@ -239,6 +298,32 @@ class Settings(BaseSettings):
         if has_key and not self.supabase_url:
             raise ValueError("SUPABASE_URL: must be set when SUPABASE_SERVICE_ROLE_KEY is set")
         return self
+
+    @property
+    def inputs_in_supabase(self) -> bool:
+        """Inputs come from Supabase Storage when the project is configured and no local folder is set."""
+        return (
+            bool(self.supabase_url and self.supabase_service_role_key)
+            and self.storage_dir is None
+        )
+
+    @property
+    def reports_in_supabase(self) -> bool:
+        """Reports go to Supabase Storage when the project is configured and no local folder is set."""
+        return (
+            bool(self.supabase_url and self.supabase_service_role_key)
+            and self.reports_dir is None
+        )
+
+    @property
+    def local_storage_dir(self) -> Path:
+        """The folder that stands in for Storage buckets (one sub-folder per bucket)."""
+        return self.storage_dir or self.data_dir / "storage"
+
+    @property
+    def local_reports_dir(self) -> Path:
+        """The folder reports are written to in local runs."""
+        return self.reports_dir or self.data_dir / "reports"
 
     @property
     def outbox_path(self) -> Path:

@@ -23,9 +23,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+from examq.errors import ConfigError
 
 if TYPE_CHECKING:
     from examq.config import Settings
@@ -66,7 +69,8 @@ def configure_logging(
     """Install examq's sinks (stderr, and the file of EXAMQ_LOG_FILE) unless already done.
 
     ``settings`` supplies the file sink's settings; without it they are read from the
-    environment (raises ConfigError for a bad value, naming the variable).
+    environment. Raises ConfigError naming the variable for a bad value, or when the
+    EXAMQ_LOG_FILE file cannot be created or opened.
     """
     global _configured
     if _configured and not force:
@@ -104,9 +108,24 @@ def configure_logging(
         )
 
     if settings.log_file is not None:
-        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
+        _add_file_sink(settings.log_file, settings, level)
+    _configured = True
+
+
+def _add_file_sink(log_file: Path, settings: Settings, level: str) -> None:
+    """Add the EXAMQ_LOG_FILE sink; raises ConfigError when the file cannot be created."""
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "EXAMQ_LOG_FILE",
+            f"cannot create the folder {log_file.parent}: {exc.strerror or exc}",
+        ) from exc
+    try:
+        # loguru opens the file here (not on the first line), so a file that cannot
+        # be written is reported at start rather than lost in the writer thread.
         logger.add(
-            settings.log_file,
+            log_file,
             level=level,
             format=_json_format,
             rotation=settings.log_rotation,
@@ -116,4 +135,7 @@ def configure_logging(
             diagnose=False,
             encoding="utf-8",
         )
-    _configured = True
+    except OSError as exc:
+        raise ConfigError(
+            "EXAMQ_LOG_FILE", f"cannot open {log_file} for writing: {exc.strerror or exc}"
+        ) from exc

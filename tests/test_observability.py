@@ -4,6 +4,9 @@ the health report over SQL and GET /api/health."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,8 @@ from examq.config import load_settings
 from examq.errors import PermissionDenied
 from examq.log import configure_logging, json_line
 from examq.worker import Worker
-from tests.conftest import PRO_USER
+from examq.errors import ConfigError
+from tests.conftest import PRO_USER, PROJECT_ROOT
 
 JOB_FIELDS = {"job_id", "job_type", "attempt", "worker_id"}
 
@@ -209,3 +213,46 @@ def test_teachers_may_not_read_the_health_report_admins_may(db_url):
     admin = Queue(_psycopg_as_user(db_url, ADMIN_USER))
     assert "queued_by_tier" in admin.health()
     admin.transport.close()
+
+
+def _unopenable_log_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Log file paths that cannot be created, and the reason the error must give."""
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("")
+    return {
+        "missing_parent": (Path("/proc/nope/x.jsonl"), "No such file or directory"),
+        "parent_is_a_file": (not_a_folder / "x.jsonl", "cannot create the folder"),
+        "is_a_folder": (tmp_path, "Is a directory"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing_parent", "parent_is_a_file", "is_a_folder"])
+def test_a_log_file_that_cannot_be_created_is_a_config_error(tmp_path: Path, case):
+    log_file, reason = _unopenable_log_files(tmp_path)[case]
+    settings = load_settings({"EXAMQ_LOG_FILE": str(log_file)})
+    try:
+        with pytest.raises(ConfigError) as caught:
+            configure_logging("json", "INFO", force=True, settings=settings)
+    finally:
+        configure_logging("text", "WARNING", force=True, settings=load_settings({}))
+
+    message = str(caught.value)
+    assert caught.value.variable == "EXAMQ_LOG_FILE"
+    assert message.startswith("EXAMQ_LOG_FILE: ") and "\n" not in message
+    assert reason in message, message
+
+
+def test_work_with_an_unopenable_log_file_prints_one_error_line(db_url):
+    result = subprocess.run(
+        [sys.executable, "-m", "examq", "work"],
+        env={**os.environ, "DATABASE_URL": db_url, "EXAMQ_LOG_FILE": "/proc/nope/x.jsonl"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:") and "EXAMQ_LOG_FILE" in result.stderr
+    assert "/proc/nope" in result.stderr

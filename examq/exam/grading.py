@@ -3,8 +3,9 @@
 The payload carries the exam as ``exam_model`` (or as ``parent_result.exam_model``,
 the result of the ``exam.import`` step before it in a chain) and the responses as
 ``responses_csv`` (text) or ``responses`` (an inline or Storage source, see
-``examq.exam.storage``), with an optional ``missing_policy`` (``zero`` or
-``listwise``, see ``examq.exam.statistics``). The result has the exam's outline, the
+``examq.exam.storage``), either at most ``EXAMQ_MAX_INPUT_BYTES`` long, with an
+optional ``missing_policy`` (``zero`` or ``listwise``, see
+``examq.exam.statistics``). The result has the exam's outline, the
 summary, the item table with distractors, the distribution of totals, the rules
 used, and each student's total and per-question points.
 """
@@ -21,7 +22,7 @@ from examq.exam.model import Exam
 from examq.exam.scoring import score_responses
 from examq.exam.settings import load_exam_settings
 from examq.exam.statistics import analyse
-from examq.exam.storage import read_input
+from examq.exam.storage import check_text_size, read_input
 from examq.handlers import JobContext
 
 JOB_TYPE = "exam.grade"
@@ -115,6 +116,7 @@ def _responses(payload: dict[str, Any], ctx: JobContext) -> tuple[str, str]:
             raise PermanentError(
                 f"{JOB_TYPE}: responses_csv must be CSV text, not {type(value).__name__}"
             )
+        check_text_size(value, f"{JOB_TYPE}: responses_csv")
         return value, "responses_csv"
     if "responses" not in payload:
         raise PermanentError(

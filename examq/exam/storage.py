@@ -21,16 +21,14 @@ that the dashboard can sign its own link with the user's session.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from examq.config import BUCKET_NAME, MIN_INPUT_LIMIT_BYTES
 from examq.errors import PermanentError, RetryableError
-from examq.exam.settings import ExamSettings
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+from examq.exam.settings import ExamSettings, load_exam_settings
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,7 @@ def check_source(source: Any, field: str) -> None:
             raise PermanentError(f"{field}.text must be a string")
         return
     bucket, path = source.get("bucket"), source.get("path")
-    if not isinstance(bucket, str) or not _BUCKET.match(bucket):
+    if not isinstance(bucket, str) or not BUCKET_NAME.match(bucket):
         raise PermanentError(
             f"{field}.bucket must be a Storage bucket name, not {bucket!r}"
         )
@@ -111,8 +109,23 @@ def read_input(
 def _check_size(size: int, where: str, settings: ExamSettings) -> None:
     if size > settings.max_input_bytes:
         raise PermanentError(
-            f"{where} is {size} bytes; inputs are limited to {settings.max_input_bytes} bytes"
+            f"{where} is {size} bytes; inputs are limited to {settings.max_input_bytes}"
+            " bytes (EXAMQ_MAX_INPUT_BYTES)"
         )
+
+
+def check_text_size(data: str | bytes, where: str) -> None:
+    """Raise PermanentError when a payload's text is over EXAMQ_MAX_INPUT_BYTES (as UTF-8).
+
+    ``where`` names the input in the message. The limit applies to inline texts as it
+    applies to the files read by ``read_input``.
+    """
+    size = len(data) if isinstance(data, bytes | bytearray) else len(data.encode("utf-8"))
+    # Within the smallest limit allowed, an input is within the configured one too:
+    # small grading jobs, most of them, skip reading the settings.
+    if size <= MIN_INPUT_LIMIT_BYTES:
+        return
+    _check_size(size, where, load_exam_settings())
 
 
 def _read_local(root: Path, bucket: str, path: str, where: str) -> bytes:

@@ -4,7 +4,8 @@ With an exam model (``exam_model``, or ``parent_result.exam_model`` in a chain) 
 payload is graded by ``examq.exam.grading`` instead, by each question type's rules.
 
 The plain payload carries two CSV texts, ``key_csv`` and ``responses_csv`` (strings, or
-UTF-8 bytes; a leading byte order mark is dropped). The key has a header with the
+UTF-8 bytes; a leading byte order mark is dropped), each at most
+``EXAMQ_MAX_INPUT_BYTES`` long in UTF-8. The key has a header with the
 columns ``item`` and ``key``; the responses have a header with a student id column
 (``student``, ``student_id`` or ``id``, else the first column) and one column per
 item of the key. Other columns of either file are ignored. Column names, item names
@@ -35,6 +36,7 @@ import numpy as np
 from examq import analysis
 from examq.errors import PermanentError
 from examq.exam import grading
+from examq.exam.storage import check_text_size
 from examq.handlers import JobContext
 
 JOB_TYPE = "exam.grade"
@@ -159,17 +161,22 @@ MAX_FILE_BYTES = 64 * 2**20
 
 
 def _payload_text(payload: dict[str, Any], field: str) -> str:
-    """Return a payload field as text, decoding bytes as UTF-8."""
+    """Return a payload field as text, decoding bytes as UTF-8.
+
+    Raises PermanentError when the text is larger than EXAMQ_MAX_INPUT_BYTES, the
+    limit every exam input is held to.
+    """
     if field not in payload:
         raise PermanentError(f"{JOB_TYPE}: the payload has no {field}")
 
     value = payload[field]
-    if isinstance(value, bytes | bytearray):
-        return _decode_utf8(bytes(value), field)
-    if not isinstance(value, str):
+    if not isinstance(value, str | bytes | bytearray):
         raise PermanentError(
             f"{JOB_TYPE}: {field} must be CSV text, not {type(value).__name__}"
         )
+    check_text_size(value, f"{JOB_TYPE}: {field}")
+    if isinstance(value, bytes | bytearray):
+        return _decode_utf8(bytes(value), field)
     return value.removeprefix("\ufeff")
 
 

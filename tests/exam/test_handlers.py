@@ -106,6 +106,26 @@ def test_grade_with_a_model_reports_progress_and_stops_when_cancelled() -> None:
     assert len(ctx.calls) == 3
 
 
+@pytest.mark.parametrize("inline_source", [False, True], ids=["responses_csv", "responses"])
+def test_grade_with_a_model_refuses_responses_over_the_size_limit(
+    monkeypatch, inline_source: bool
+) -> None:
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", "1024")
+    imported = registry()["exam.import"]({"exam": {"text": GIFT}}, Ctx())
+    responses = RESPONSES + "".join(f"extra{n:04d},Paris,3.14,\n" for n in range(100))
+    payload: dict = {"exam_model": imported["exam_model"]}
+    if inline_source:
+        payload["responses"] = {"text": responses, "name": "r.csv"}
+    else:
+        payload["responses_csv"] = responses
+
+    with pytest.raises(PermanentError) as raised:
+        grade_exam(payload, Ctx())
+
+    assert f"is {len(responses.encode())} bytes" in str(raised.value)
+    assert "limited to 1024 bytes (EXAMQ_MAX_INPUT_BYTES)" in str(raised.value)
+
+
 def test_grade_refuses_an_invalid_model_naming_where() -> None:
     with pytest.raises(PermanentError, match="exam model is invalid at questions"):
         grade_exam(

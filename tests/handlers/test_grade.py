@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import examq
 from examq.errors import JobCancelled, PermanentError
 from examq.handlers import registry
 from examq.handlers.grade import grade_exam, read_text_file
+from examq.worker import Worker
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SAMPLES = Path(examq.__file__).resolve().parent / "samples"
@@ -328,3 +332,91 @@ def test_read_text_file_names_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_read_text_file_names_a_file_it_cannot_read(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="missing.csv"):
         read_text_file(tmp_path / "missing.csv")
+
+
+def _many_students(count: int) -> str:
+    """A responses CSV for the three-item KEY, long enough to pass a small size limit."""
+    rows = [f"student-{n:05d},A,B,C" for n in range(count)]
+    return "student,q1,q2,q3\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("field", ["key_csv", "responses_csv"])
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["text", "bytes"])
+def test_grade_refuses_an_input_over_the_size_limit(monkeypatch, field, as_bytes) -> None:
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", "1024")
+    big = {
+        "key_csv": "item,key\n" + "".join(f"item{n:04d},A\n" for n in range(200)),
+        "responses_csv": _many_students(100),
+    }[field]
+    payload = _payload(**{field.removesuffix("_csv"): big.encode() if as_bytes else big})
+
+    with pytest.raises(PermanentError) as raised:
+        grade_exam(payload, FakeContext())
+
+    message = str(raised.value)
+    assert message.startswith(f"exam.grade: {field} is {len(big.encode())} bytes")
+    assert "limited to 1024 bytes (EXAMQ_MAX_INPUT_BYTES)" in message
+
+
+def test_grade_counts_the_limit_in_utf8_bytes(monkeypatch) -> None:
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", "1024")
+    # 700 characters, but 1400 bytes once encoded: over the limit.
+    responses = "student,q1,q2,q3\n" + "é" * 700 + ",A,B,C\n"
+    assert len(responses) < 1024 < len(responses.encode())
+
+    with pytest.raises(PermanentError, match="EXAMQ_MAX_INPUT_BYTES"):
+        _grade(responses=responses)
+
+
+def test_grade_accepts_inputs_within_the_size_limit(monkeypatch) -> None:
+    responses = _many_students(40)
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", str(len(responses.encode())))
+
+    result = _grade(responses=responses)
+
+    assert result["summary"]["students"] == 40
+
+
+def test_an_oversized_grade_job_fails_permanently_on_the_queue(queue, monkeypatch) -> None:
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", "1024")
+    job = queue.enqueue("exam.grade", _payload(responses=_many_students(100)))
+
+    Worker(queue, worker_id="size-limit").run_pass(10)
+
+    after = queue.get(job.id)
+    assert after.status == "dead" and after.attempt == 1
+    assert after.error_kind == "permanent"
+    assert "responses_csv" in after.last_error
+    assert "limited to 1024 bytes (EXAMQ_MAX_INPUT_BYTES)" in after.last_error
+
+
+def test_submit_refuses_to_grade_files_over_the_size_limit(db_url, tmp_path) -> None:
+    responses = tmp_path / "responses.csv"
+    sample = (SAMPLES / "sample_responses.csv").read_text()
+    header, *rows = sample.splitlines()
+    # The sample (831 bytes) with its students repeated under new ids: about 2.5 KB.
+    more = [f"x{copy}-{row}" for copy in range(2) for row in rows]
+    responses.write_text("\n".join([header, *rows, *more]) + "\n")
+    assert responses.stat().st_size > 2048
+
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "examq", "submit", "exam.grade",
+            "--key", str(SAMPLES / "sample_key.csv"), "--responses", str(responses),
+            "--wait", "--json",
+        ],
+        env={
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "EXAMQ_LOG_FORMAT": "text",
+            "EXAMQ_MAX_INPUT_BYTES": "2048",
+        },
+        cwd=Path(examq.__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    job = json.loads(result.stdout)
+    assert job["status"] == "dead" and job["attempt"] == 1, job
+    assert "limited to 2048 bytes (EXAMQ_MAX_INPUT_BYTES)" in job["last_error"]
