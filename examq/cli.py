@@ -49,7 +49,15 @@ def _settings(verbose: bool = False, quiet_level: str = "WARNING") -> Settings:
     settings = load_settings()
     # A person reads the CLI's output: readable lines unless JSON is asked for.
     log_format = "text" if settings.log_format == "auto" else settings.log_format
-    configure_logging(log_format, "DEBUG" if verbose else quiet_level)
+    # Quieter than a function's default unless asked: a level set in the environment
+    # (or .env) is the operator's choice, and --verbose shows everything.
+    if verbose:
+        level = "DEBUG"
+    elif "log_level" in settings.model_fields_set:
+        level = settings.log_level
+    else:
+        level = quiet_level
+    configure_logging(log_format, level)
     return settings
 
 
@@ -316,11 +324,11 @@ def _print_job(job: Job, as_json: bool) -> None:
     summary = job.result.get("summary") if isinstance(job.result, dict) else None
     if isinstance(summary, dict):
         out.print("summary: " + ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items()))
-        out.print("(the whole result: examq status --json)")
+        out.print(f"(the whole result: examq status {job.id} --json)")
         return
     text = json.dumps(job.result, indent=2)
     # Cut the text, not the JSON: a cut document would not parse.
-    out.print(text if len(text) <= 4000 else text[:4000] + "\n... (examq status --json shows all)", markup=False)
+    out.print(text if len(text) <= 4000 else text[:4000] + f"\n... (examq status {job.id} --json shows all)", markup=False)
 
 
 @app.command()
@@ -372,10 +380,11 @@ def notify(
     alerts: Annotated[
         bool, typer.Option("--alerts/--no-alerts", help="Check the admin alerts first.")
     ] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug log lines.")] = False,
 ) -> None:
     """Send pending notifications and check the admin alerts, as each cron tick does."""
-    settings = _settings(verbose)
+    # Each notification sent, refused or retried is an INFO line worth seeing here.
+    settings = _settings(verbose, quiet_level="INFO")
     dispatcher = Dispatcher(Outbox(_queue(settings).transport), settings)
     failures = 0
     while True:
@@ -459,14 +468,19 @@ def dev(
     log_format = "text" if settings.log_format == "auto" else settings.log_format
     configure_logging(log_format, "DEBUG" if verbose else "INFO")
     url = local.database_url(settings)
-    if static_dir is None:
-        static_dir = dev_server.build_dashboard() if build else dev_server.DASHBOARD_DIR / "dist"
+    # The message names the option that chose the folder: --static-dir when given,
+    # else --no-build (dashboard/dist served as it is), else the build itself.
+    build_it = "build it with `npm ci --prefix dashboard` and `examq dev` (without --no-build)"
+    if static_dir is not None:
+        hint, fix = "--static-dir", "point it at the folder the dashboard was built into"
+    elif build:
+        hint, fix = None, build_it
+        static_dir = dev_server.build_dashboard()
+    else:
+        hint, fix = "--no-build", build_it
+        static_dir = dev_server.DASHBOARD_DIR / "dist"
     if not (static_dir / "index.html").is_file():
-        raise typer.BadParameter(
-            f"{static_dir} holds no built dashboard (index.html); build it with "
-            "`npm ci --prefix dashboard` and `examq dev` (without --no-build)",
-            param_hint="--static-dir" if build else "--no-build",
-        )
+        raise typer.BadParameter(f"{static_dir} holds no built dashboard (index.html); {fix}", param_hint=hint)
     dev_server.run(
         url,
         host=host,
@@ -580,7 +594,7 @@ def _print_load_report(report: Any) -> None:
 def db_reset(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm resetting the DATABASE_URL database.")] = False,
 ) -> None:
-    """Recreate the local database: drop its public schema, then stand-in, migrations, seed."""
+    """Recreate the database: drop its public schema, then migrations (and the seed, embedded only)."""
     settings = _settings()
     if settings.backend is Backend.POSTGRES and not yes:
         err.print(
@@ -589,8 +603,10 @@ def db_reset(
         )
         raise typer.Exit(2)
     url = local.database_url(settings, prepare=False)
-    applied = local.reset_database(url)
-    out.print(f"database reset: {len(applied)} migrations applied, seed loaded")
+    # As everywhere else: the demo users only ever go into the embedded database.
+    seed = settings.backend is Backend.EMBEDDED
+    applied = local.reset_database(url, seed=seed)
+    out.print(f"database reset: {len(applied)} migrations applied" + (", seed loaded" if seed else ""))
 
 
 @db_app.command("migrate")

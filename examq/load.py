@@ -10,7 +10,9 @@ answer key without its ``key`` column): those must end in the dead-letter queue 
 once, and nothing else may.
 
 The teachers are users created for the scenario (``load-<n>@examq.invalid``, ids
-``00000000-0000-4000-c000-...``) with the tiers' real limits; the scenario writes
+``00000000-0000-4000-c000-...``) with the tiers' real limits and e-mail notifications
+off (they have no mailbox); they and their jobs stay after the run, like any
+teacher's, until retention removes the jobs. The scenario writes
 rows through a direct connection, so it refuses the Supabase API backend.
 """
 
@@ -83,6 +85,13 @@ def ensure_teachers(url: str, count: int) -> list[tuple[str, str]]:
                 "insert into public.accounts (user_id, tier) values (%s, %s) "
                 "on conflict (user_id) do update set tier = excluded.tier",
                 (user_id, tier),
+            )
+            # Simulated teachers have no mailbox: their jobs' outcomes (the injected
+            # failures above all) must not fill the outbox with e-mails to nowhere.
+            conn.execute(
+                "insert into public.notification_preferences (user_id, email_enabled) "
+                "values (%s, false) on conflict (user_id) do update set email_enabled = false",
+                (user_id,),
             )
     return teachers
 

@@ -104,8 +104,10 @@ def _needs_stand_in(conn) -> bool:
 STAND_IN_MARK = "Local stand-in for Supabase Auth, created by examq."
 
 
-def reset_database(url: str) -> list[str]:
+def reset_database(url: str, *, seed: bool = True) -> list[str]:
     """Recreate the database at ``url``: empty ``public``, then stand-in, migrations, seed.
+
+    ``seed=False`` leaves the demo users out (a database named by DATABASE_URL).
 
     Refuses a database that looks like a real Supabase project (an ``auth`` schema the
     stand-in did not create): resetting that would destroy its data.
@@ -128,7 +130,7 @@ def reset_database(url: str) -> list[str]:
                 comment on schema public is 'standard public schema';
                 """
             )
-    return apply_schema(url, seed=True)
+    return apply_schema(url, seed=seed)
 
 
 def _run_file(conn, path: Path, *, in_transaction: bool = False) -> None:
@@ -207,7 +209,12 @@ def database_url(settings: Settings, *, prepare: bool = True) -> str:
     gets the seed (demo users), a database named by DATABASE_URL does not.
     """
     if settings.backend is Backend.SUPABASE:
-        raise ConfigError("DATABASE_URL", "this command needs a direct database connection")
+        raise ConfigError(
+            "DATABASE_URL",
+            "not set, and this command needs a direct database connection rather than the "
+            "Supabase API (SUPABASE_URL): set DATABASE_URL to the project's connection string, "
+            "or unset SUPABASE_URL to use the embedded database",
+        )
     url = settings.database_url or embedded_url(settings)
     if prepare:
         apply_schema(url, seed=settings.backend is Backend.EMBEDDED)

@@ -101,6 +101,10 @@ def test_db_reset_on_database_url_needs_confirmation(db_url, sql):
 
     confirmed = run_examq(["db", "reset", "--yes"], db_url)
     assert confirmed.returncode == 0, confirmed.stderr
+    # The demo users (and their admin) never go into a DATABASE_URL database.
+    assert "seed" not in confirmed.stdout
+    assert sql.execute("select count(*) from public.accounts").fetchone()[0] == 0
+    assert sql.execute("select count(*) from public.tiers").fetchone()[0] > 0
 
 
 def test_unreachable_database_is_one_clear_line():
