@@ -1,10 +1,76 @@
--- Retention for the admins' notifications.
+-- Retention for the admins' notifications, and a sound retention period.
 --
 -- A job's notifications go with the job (the outbox's foreign key cascades), so
 -- prune_jobs keeps them bounded. The admins' alerts name no job: nothing deleted them,
 -- and each kind of alert may be raised once per alert window, for as long as the
 -- product runs. They are now deleted, like jobs, once they are finished (sent, failed
 -- or uncertain) and older than the retention period.
+--
+-- A retention period is read as seconds, and the cut-off is now() minus those
+-- seconds: subtracting the interval itself would go by the calendar, so a period such
+-- as '-1 mon 30 days 1 hour', which compares as 1 hour, would cut off a day in the
+-- future in a 31-day month. prune_jobs already cut off by seconds; both now also
+-- refuse a period over 100 years, whose cut-off would leave the timestamp range with
+-- an error of PostgreSQL's own.
+
+-- The retention period in seconds, checked. Raises EQ007.
+create function examq_internal.retention_seconds(p_older_than interval) returns double precision
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v_seconds double precision := extract(epoch from p_older_than);
+begin
+  if v_seconds is null or v_seconds < 3600 then
+    raise exception using errcode = 'EQ007', message = 'older_than must be at least 1 hour';
+  end if;
+
+  if v_seconds > 100 * 365.25 * 86400 then
+    raise exception using errcode = 'EQ007', message = 'older_than must be at most 100 years';
+  end if;
+
+  return v_seconds;
+end
+$$;
+
+comment on function examq_internal.retention_seconds(interval) is
+  'A retention period as seconds, refused unless between 1 hour and 100 years.';
+
+revoke all on function examq_internal.retention_seconds(interval) from public, anon, authenticated;
+grant execute on function examq_internal.retention_seconds(interval) to service_role;
+
+-- prune_jobs: the contract of the migration that introduced it, with the period
+-- checked as above.
+create or replace function public.prune_jobs(
+  p_older_than interval default interval '30 days',
+  p_limit integer default 10000
+) returns integer
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  v_seconds double precision := examq_internal.retention_seconds(p_older_than);
+  v_count integer;
+begin
+  if p_limit is null or p_limit not between 1 and 100000 then
+    raise exception using errcode = 'EQ007', message = 'limit must be between 1 and 100000';
+  end if;
+
+  with doomed as (
+    select j.id
+    from public.jobs j
+    where j.finished_at < now() - make_interval(secs => v_seconds)
+    order by j.finished_at
+    limit p_limit
+    for update skip locked
+  )
+  delete from public.jobs j using doomed d where j.id = d.id;
+
+  get diagnostics v_count = row_count;
+
+  return v_count;
+end
+$$;
 
 -- The admins' rows only: a few per day, where the outbox may hold millions of job
 -- notifications.
@@ -16,7 +82,7 @@ create index notification_outbox_admin_created_at_idx on public.notification_out
 -- job, are finished (sent, failed or uncertain) and were created longer ago than
 -- p_older_than; pending and leased ones stay, whatever their age. Rows locked by a
 -- concurrent dispatcher are skipped. Returns how many it deleted.
--- Raises EQ007 for an interval under 1 hour or a limit outside 1..100000.
+-- Raises EQ007 for a period under 1 hour or over 100 years, or a limit outside 1..100000.
 create function public.prune_notifications(
   p_older_than interval default interval '30 days',
   p_limit integer default 10000
@@ -25,12 +91,9 @@ language plpgsql volatile
 set search_path = ''
 as $$
 declare
+  v_seconds double precision := examq_internal.retention_seconds(p_older_than);
   v_count integer;
 begin
-  if p_older_than is null or p_older_than < interval '1 hour' then
-    raise exception using errcode = 'EQ007', message = 'older_than must be at least 1 hour';
-  end if;
-
   if p_limit is null or p_limit not between 1 and 100000 then
     raise exception using errcode = 'EQ007', message = 'limit must be between 1 and 100000';
   end if;
@@ -39,7 +102,7 @@ begin
     select n.id
     from public.notification_outbox n
     where n.job_id is null
-      and n.created_at < now() - p_older_than
+      and n.created_at < now() - make_interval(secs => v_seconds)
       and n.status in ('sent', 'failed', 'uncertain')
     order by n.created_at
     limit p_limit

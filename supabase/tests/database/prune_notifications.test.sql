@@ -1,7 +1,7 @@
 -- prune_notifications: finished admin notifications older than the retention period go;
 -- pending ones, recent ones and job notifications stay.
 begin;
-select plan(9);
+select plan(13);
 
 select id as job from public.enqueue_job('system.noop') \gset
 
@@ -30,6 +30,18 @@ select is(public.prune_notifications(interval '1 day'), 1, 'a shorter period rea
 
 select throws_ok($$ select public.prune_notifications(interval '59 minutes') $$,
   'EQ007', 'older_than must be at least 1 hour', 'pruning notifications younger than an hour is refused');
+-- A period whose parts cancel out compares as 1 hour; by the calendar it would cut
+-- off a day in the future in a 31-day month. It cuts off 1 hour ago.
+reset role;
+insert into public.notification_outbox (job_id, audience, channel, kind, status, created_at, sent_at)
+values (null, 'admins', 'slack', 'alert.queue_age', 'sent', now() - interval '1 minute', now());
+select is(public.prune_notifications(interval '-1 mon 30 days 1 hour'), 0,
+  'a period of parts that cancel out deletes nothing younger than its length in seconds');
+select is(public.prune_jobs(interval '-1 mon 30 days 1 hour'), 0, 'neither does prune_jobs');
+select throws_ok($$ select public.prune_notifications(interval '100000000 years') $$,
+  'EQ007', 'older_than must be at most 100 years', 'a period beyond the timestamp range is refused');
+select throws_ok($$ select public.prune_jobs(interval '100000000 years') $$,
+  'EQ007', 'older_than must be at most 100 years', 'by prune_jobs too');
 select throws_ok($$ select public.prune_notifications(interval '30 days', 0) $$,
   'EQ007', 'limit must be between 1 and 100000', 'a limit of 0 is refused');
 
