@@ -121,7 +121,7 @@ def check_storable(name: str, value: Any) -> None:
         if item is None or isinstance(item, bool):
             continue
         if isinstance(item, str):
-            if not _storable_text(item):
+            if not storable_text(item):
                 _check_text(_spell(name, place), item)
         elif isinstance(item, int):
             if abs(item) >= 10**300:
@@ -135,7 +135,7 @@ def check_storable(name: str, value: Any) -> None:
                 if not isinstance(key, str):
                     where = _spell(name, place)
                     raise InvalidInput(f"{where} has a key of type {type(key).__name__}; JSON keys are text")
-                if not _storable_text(key):
+                if not storable_text(key):
                     _check_text(f"{_spell(name, place)} key {key[:40]!r}", key)
                 stack.append(((place, "." + key), child, depth + 1))
         elif isinstance(item, list | tuple):
@@ -170,7 +170,7 @@ def _check_finite(name: str, value: float, low: float, high: float) -> float:
     return float(value)
 
 
-def _storable_text(text: str) -> bool:
+def storable_text(text: str) -> bool:
     """Whether PostgreSQL can store ``text``; ASCII, the common case, needs no encoding."""
     if "\x00" in text:
         return False

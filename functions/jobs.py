@@ -73,7 +73,7 @@ from examq.exam.submission import (
     verify_access_token,
 )
 from examq.log import configure_logging
-from examq.queue import Queue
+from examq.queue import Queue, storable_text
 from examq.worker import PassSummary, Worker
 
 _queue: Queue | None = None
@@ -140,6 +140,9 @@ async def submit_jobs(request: Request) -> JSONResponse:
         body = await request.json()
     except ValueError:
         return _error(400, "the body must be JSON")
+    except RecursionError:
+        # Python's JSON reader recurses once per level of nesting.
+        return _error(400, "the body is nested too deeply")
     request_error = _check_body(body)
     if request_error:
         return _error(400, request_error)
@@ -174,6 +177,8 @@ def _check_body(body: Any) -> str | None:
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
         return "idempotency_key must be 1 to 200 characters"
+    if key is not None and not storable_text(key):
+        return "idempotency_key must not contain NUL characters or unpaired surrogates"
     return None
 
 

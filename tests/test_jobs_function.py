@@ -184,6 +184,10 @@ def test_jobs_api_refuses_a_bad_token_with_401(client, sql, bearer) -> None:
         ),
         ({"job_type": "system.sleep", "payload": {}}, "not available in the free tier"),
         ({"job_type": "no.such.type", "payload": {}}, "unknown job type"),
+        ({"job_type": "system.noop", "idempotency_key": "a\u0000b"}, "idempotency_key"),
+        ('{"job_type": "system.noop", "idempotency_key": "\\ud800"}', "idempotency_key"),
+        ('{"job_type": "system.noop", "payload": {"x": ' + "[" * 100000 + "]" * 100000 + "}}",
+         "nested too deeply"),
     ],
 )
 def test_jobs_api_refuses_bad_input_with_400_and_the_reason(
