@@ -31,15 +31,29 @@ class Backend(str, Enum):
 
 
 # What loguru accepts for rotation and retention, in the forms examq documents.
-_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*$", re.IGNORECASE)
+# ASCII digits only (\d would take any script's), and \Z, not $, which also matches
+# before a final newline.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*\Z", re.IGNORECASE | re.ASCII)
 _DURATION = re.compile(
-    r"^\s*\d+(\.\d+)?\s*(second|minute|hour|day|week|month|year)s?\s*$", re.IGNORECASE
+    r"^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week|month|year)s?\s*\Z", re.IGNORECASE | re.ASCII
 )
-_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*$")
+_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):[0-5]\d\s*\Z", re.ASCII)
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800,
+                 "month": 2629800, "year": 31557600}
+
+
+def _duration_problem(match: re.Match[str]) -> str | None:
+    """Why a duration that matched _DURATION is unusable, or None."""
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+    if seconds <= 0:
+        return "must be longer than 0"
+    if seconds > 100 * _UNIT_SECONDS["year"]:
+        return "must be at most 100 years"
+    return None
 
 # A Supabase Storage bucket name, for EXAMQ_REPORTS_BUCKET and for the buckets that
 # jobs name their inputs in (examq/exam/storage.py).
-BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}\Z")
 
 # The cron function's maxDuration in vercel.json: Vercel stops the function then, so a
 # cron pass's budget must end before it, leaving time to record the last outcomes.
@@ -242,6 +256,12 @@ class Settings(BaseSettings):
             _SIZE.match(value) or _DURATION.match(value) or _CLOCK.match(value)
         ):
             raise ValueError("must be a size ('50 MB'), a duration ('1 day') or a time of day ('00:00')")
+        size = _SIZE.match(value)
+        if size and float(size.group(1)) <= 0:
+            raise ValueError("a size must be larger than 0")
+        duration = _DURATION.match(value)
+        if duration and (problem := _duration_problem(duration)):
+            raise ValueError(f"a duration {problem}")
         return value.strip()
 
     @field_validator("log_retention", mode="before")
@@ -249,14 +269,17 @@ class Settings(BaseSettings):
     def _check_log_retention(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return "14 days"
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value.strip())
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 1:
                 raise ValueError("must keep at least 1 file")
             return value
-        if not isinstance(value, str) or not _DURATION.match(value):
+        duration = _DURATION.match(value) if isinstance(value, str) else None
+        if duration is None:
             raise ValueError("must be a duration ('14 days') or a number of files ('10')")
+        if problem := _duration_problem(duration):
+            raise ValueError(f"a duration {problem}")
         return value.strip()
 
     @field_validator("cron_secret")
@@ -274,7 +297,12 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
-        if value is not None and urlparse(value).scheme not in {"postgres", "postgresql"}:
+        if value is None:
+            return None
+        # Spaces around a pasted URL are not part of it (urlparse ignores them too,
+        # the driver would not).
+        value = value.strip()
+        if urlparse(value).scheme not in {"postgres", "postgresql"}:
             raise ValueError("must be a postgresql:// connection URL")
         return value
 

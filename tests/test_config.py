@@ -45,6 +45,12 @@ def test_backend_follows_what_is_set():
         ({"EXAMQ_CRON_BUDGET_SECONDS": "soon"}, "EXAMQ_CRON_BUDGET_SECONDS"),
         ({"EXAMQ_LOG_FORMAT": "xml"}, "EXAMQ_LOG_FORMAT"),
         ({"CRON_SECRET": "short"}, "CRON_SECRET"),
+        ({"EXAMQ_LOG_RETENTION": "99999999999 years"}, "EXAMQ_LOG_RETENTION"),
+        ({"EXAMQ_LOG_RETENTION": "0 days"}, "EXAMQ_LOG_RETENTION"),
+        ({"EXAMQ_LOG_ROTATION": "\u0665\u0660 MB"}, "EXAMQ_LOG_ROTATION"),
+        ({"EXAMQ_LOG_ROTATION": "0 MB"}, "EXAMQ_LOG_ROTATION"),
+        ({"EXAMQ_LOG_ROTATION": "0 seconds"}, "EXAMQ_LOG_ROTATION"),
+        ({"EXAMQ_REPORTS_BUCKET": "exam-reports\n"}, "EXAMQ_REPORTS_BUCKET"),
     ],
 )
 def test_bad_value_names_the_variable(environ, variable):
@@ -52,6 +58,11 @@ def test_bad_value_names_the_variable(environ, variable):
         load_settings(environ)
     assert info.value.variable == variable
     assert variable in str(info.value)
+
+
+def test_spaces_around_the_database_url_are_not_part_of_it():
+    settings = load_settings({"DATABASE_URL": " postgresql://postgres@127.0.0.1/x\n"})
+    assert settings.database_url == "postgresql://postgres@127.0.0.1/x"
 
 
 def test_secrets_do_not_show_in_repr():
