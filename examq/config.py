@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     cron_secret: SecretStr | None = Field(default=None, alias="CRON_SECRET")
     data_dir: Path = Field(default_factory=_default_data_dir, alias="EXAMQ_DATA_DIR")
     worker_batch_size: int = Field(default=5, ge=1, le=1000, alias="EXAMQ_WORKER_BATCH_SIZE")
-    cron_budget_seconds: float = Field(default=50.0, gt=0, alias="EXAMQ_CRON_BUDGET_SECONDS")
+    # At least a second: a pass must have time to claim and finish something.
+    cron_budget_seconds: float = Field(default=50.0, ge=1, alias="EXAMQ_CRON_BUDGET_SECONDS")
     retention_days: float = Field(default=30.0, ge=0.05, le=3650, alias="EXAMQ_RETENTION_DAYS")
     log_format: Literal["auto", "json", "text"] = Field(default="auto", alias="EXAMQ_LOG_FORMAT")
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = Field(
@@ -120,7 +121,8 @@ class Settings(BaseSettings):
         default=20, ge=1, le=1000, alias="EXAMQ_NOTIFY_BATCH_SIZE"
     )
     notify_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=60, alias="EXAMQ_NOTIFY_TIMEOUT_SECONDS"
+        # Under a tenth of a second no provider answers; every send would time out.
+        default=10.0, ge=0.1, le=60, alias="EXAMQ_NOTIFY_TIMEOUT_SECONDS"
     )
     alert_window_seconds: int = Field(
         default=1800, ge=60, le=604800, alias="EXAMQ_ALERT_WINDOW_SECONDS"
@@ -238,7 +240,8 @@ class Settings(BaseSettings):
         cls, value: SecretStr | None
     ) -> SecretStr | None:
         # The message names the variable but never echoes the URL: it is a secret.
-        if value is not None and urlparse(value.get_secret_value()).scheme != "https":
+        url = urlparse(value.get_secret_value()) if value is not None else None
+        if url is not None and (url.scheme != "https" or not url.hostname):
             raise ValueError("must be a Slack incoming webhook https:// URL")
         return value
 

@@ -51,6 +51,9 @@ def test_backend_follows_what_is_set():
         ({"EXAMQ_LOG_ROTATION": "0 MB"}, "EXAMQ_LOG_ROTATION"),
         ({"EXAMQ_LOG_ROTATION": "0 seconds"}, "EXAMQ_LOG_ROTATION"),
         ({"EXAMQ_REPORTS_BUCKET": "exam-reports\n"}, "EXAMQ_REPORTS_BUCKET"),
+        ({"EXAMQ_CRON_BUDGET_SECONDS": "1e-300"}, "EXAMQ_CRON_BUDGET_SECONDS"),
+        ({"EXAMQ_NOTIFY_TIMEOUT_SECONDS": "1e-300"}, "EXAMQ_NOTIFY_TIMEOUT_SECONDS"),
+        ({"EXAMQ_SLACK_ADMIN_WEBHOOK_URL": "https://"}, "EXAMQ_SLACK_ADMIN_WEBHOOK_URL"),
     ],
 )
 def test_bad_value_names_the_variable(environ, variable):
