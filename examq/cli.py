@@ -447,6 +447,8 @@ def _print_outcome(answer: Any, as_json: bool) -> None:
         out.print_json(answer.model_dump_json())
         return
     said = _OUTCOME_TEXT.get(answer.outcome, answer.outcome.replace("_", " "))
+    if answer.outcome == "requeued" and answer.status == "waiting":
+        said = "requeued; it waits for the step before it in its chain"
     out.print(f"job {answer.job_id}: {said} (status {answer.status})")
 
 
