@@ -155,12 +155,24 @@ def _spell(name: str, place: Any) -> str:
 
 MAX_JSON_DEPTH = 64
 _INT8_MAX = 2**63 - 1
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
 
 
 def check_id(name: str, value: Any) -> int:
     """Return ``value`` as a job id, or raise InvalidInput naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT8_MAX:
         raise InvalidInput(f"{name} must be a positive whole number below 2^63, not {value!r}")
+    return value
+
+
+def check_int4(name: str, value: Any) -> int:
+    """Return ``value`` if it is a whole number PostgreSQL's integer holds, else raise.
+
+    The SQL functions check their own ranges and say so; a value beyond an integer
+    would instead make the call name a function that does not exist.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not _INT4_MIN <= value <= _INT4_MAX:
+        raise InvalidInput(f"{name} must be a whole number between -2^31 and 2^31-1, not {value!r}")
     return value
 
 
@@ -234,8 +246,8 @@ class Queue:
         for key in ("p_parent_id",):
             if optional[key] is not None:
                 check_id(key.removeprefix("p_"), optional[key])
-        if max_attempts is not None and (isinstance(max_attempts, bool) or not isinstance(max_attempts, int)):
-            raise InvalidInput(f"max_attempts must be a whole number, not {max_attempts!r}")
+        if max_attempts is not None:
+            check_int4("max_attempts", max_attempts)
         params.update({k: v for k, v in optional.items() if v is not None})
         for key in ("p_job_type", "p_payload", "p_idempotency_key"):
             if key in params:
@@ -252,6 +264,9 @@ class Queue:
     ) -> list[Job]:
         """Lease up to ``limit`` ready jobs for ``worker_id``."""
         check_storable("worker_id", worker_id)
+        check_int4("limit", limit)
+        if lease_seconds is not None:
+            check_int4("lease_seconds", lease_seconds)
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_limit": limit}
         if job_types is not None:
             params["p_job_types"] = job_types
@@ -269,6 +284,9 @@ class Queue:
     ) -> list[Job]:
         """Lease up to ``limit`` jobs with ``claim_job_batch`` (claim_jobs for large batches)."""
         check_storable("worker_id", worker_id)
+        check_int4("limit", limit)
+        if lease_seconds is not None:
+            check_int4("lease_seconds", lease_seconds)
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_limit": limit}
         if job_types is not None:
             params["p_job_types"] = job_types
@@ -308,6 +326,13 @@ class Queue:
         items = []
         for index, spec in enumerate(jobs, start=1):
             item = {k: v for k, v in spec.items() if v is not None}
+            run_at = item.get("run_at")
+            if isinstance(run_at, datetime) and run_at.utcoffset() is None:
+                raise InvalidInput(f"job {index} run_at needs a time zone (a naive datetime is ambiguous)")
+            if "max_attempts" in item:
+                check_int4(f"job {index} max_attempts", item["max_attempts"])
+            if "parent_id" in item:
+                check_id(f"job {index} parent_id", item["parent_id"])
             for key in ("user_id", "run_at"):
                 if key in item and not isinstance(item[key], str):
                     item[key] = item[key].isoformat() if key == "run_at" else str(item[key])
@@ -348,7 +373,7 @@ class Queue:
         if message is not None:
             params["p_message"] = clean_text(message, 500)
         if extend_seconds is not None:
-            params["p_extend_seconds"] = extend_seconds
+            params["p_extend_seconds"] = check_int4("extend_seconds", extend_seconds)
         return Heartbeat.model_validate(self.transport.call("heartbeat_job", params))
 
     def complete(self, job: Job, result: dict[str, Any] | None = None) -> Outcome:

@@ -285,3 +285,22 @@ def test_tiny_progress_gives_no_eta_and_no_error(queue):
 def test_job_ids_out_of_range_are_refused_by_name(queue, job_id):
     with pytest.raises(InvalidInput, match="job_id"):
         queue.get(job_id)
+
+
+def test_whole_numbers_beyond_an_integer_are_refused_by_name(queue):
+    with pytest.raises(InvalidInput, match="max_attempts"):
+        queue.enqueue("system.noop", max_attempts=2**40)
+    with pytest.raises(InvalidInput, match="limit"):
+        queue.claim("w", 2**40)
+    with pytest.raises(InvalidInput, match="limit"):
+        queue.claim_batch("w", 2**40)
+    with pytest.raises(InvalidInput, match="job 2 max_attempts"):
+        queue.enqueue_many([{"job_type": "system.noop"}, {"job_type": "system.noop", "max_attempts": 2**40}])
+
+
+def test_enqueue_many_refuses_a_naive_run_at_as_enqueue_does(queue):
+    naive = datetime(2030, 1, 1, 12)
+    with pytest.raises(InvalidInput, match="naive datetime"):
+        queue.enqueue("system.noop", run_at=naive)
+    with pytest.raises(InvalidInput, match="job 1 run_at needs a time zone"):
+        queue.enqueue_many([{"job_type": "system.noop", "run_at": naive}])
