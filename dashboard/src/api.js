@@ -1,6 +1,7 @@
 // Every read and action of the dashboard, through supabase-js: table reads for one
-// job, its events and the dead-letter queue, and the SQL functions (list_jobs,
-// queue_stats, cancel_job, requeue_job, bulk_requeue) for the rest. All of it runs
+// job, its events, the dead-letter queue and the user's notification preferences,
+// and the SQL functions (list_jobs, queue_stats, cancel_job, requeue_job,
+// bulk_requeue, set_notification_preferences) for the rest. All of it runs
 // with the signed-in user's JWT, so row-level security decides what comes back.
 
 export const PAGE_SIZE = 50
@@ -10,6 +11,21 @@ export const WINDOWS = {
   '24h': { label: 'Last 24 hours', window: '24 hours', bucket: '1 hour' },
   '7d': { label: 'Last 7 days', window: '7 days', bucket: '6 hours' },
 }
+
+// What a user without a row in notification_preferences gets: the columns' defaults.
+export const DEFAULT_NOTIFICATION_PREFERENCES = {
+  email_enabled: true,
+  slack_enabled: false,
+  has_slack_webhook: false,
+  events: ['succeeded', 'failed'],
+  job_types: null,
+  success_min_seconds: 60,
+}
+
+export const NOTIFICATION_EVENTS = ['succeeded', 'failed', 'cancelled']
+
+// Every column but the webhook URL, a secret the page never reads.
+const PREFERENCE_COLUMNS = 'email_enabled,slack_enabled,events,job_types,success_min_seconds'
 
 export class ApiError extends Error {
   constructor(error) {
@@ -97,6 +113,37 @@ export class Api {
         .order('id', { ascending: false })
         .range(offset, offset + pageSize - 1)
     )
+  }
+
+  // The user's own preferences (row-level security), or the defaults without a row.
+  // Whether a webhook is stored is asked with a filter on it, so its value never
+  // reaches the page.
+  async notificationPreferences(userId) {
+    const table = () => this.client.from('notification_preferences')
+    const [row, withWebhook] = await Promise.all([
+      table().select(PREFERENCE_COLUMNS).eq('user_id', userId).maybeSingle(),
+      table().select('user_id').eq('user_id', userId).not('slack_webhook_url', 'is', null).maybeSingle(),
+    ])
+    const preferences = unwrap(row)
+    const hasWebhook = unwrap(withWebhook) !== null
+    if (!preferences) return { ...DEFAULT_NOTIFICATION_PREFERENCES, isDefault: true }
+    return { ...preferences, has_slack_webhook: hasWebhook, isDefault: false }
+  }
+
+  // Creates or replaces the whole row; a null webhook URL removes the stored one.
+  // Answers the row saved, with has_slack_webhook in place of the URL.
+  async setNotificationPreferences(preferences) {
+    const saved = unwrap(
+      await this.client.rpc('set_notification_preferences', {
+        p_email_enabled: preferences.email_enabled,
+        p_slack_enabled: preferences.slack_enabled,
+        p_slack_webhook_url: preferences.slack_webhook_url || null,
+        p_events: preferences.events,
+        p_job_types: preferences.job_types?.length ? preferences.job_types : null,
+        p_success_min_seconds: preferences.success_min_seconds,
+      })
+    )
+    return { ...saved, isDefault: false }
   }
 
   async cancel(id) {

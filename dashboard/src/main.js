@@ -10,6 +10,7 @@ import { mountDeadLetters } from './views/dead.js'
 import { mountJob } from './views/job.js'
 import { mountJobs } from './views/jobs.js'
 import { mountOverview } from './views/overview.js'
+import { mountSettings } from './views/settings.js'
 import { mountSignIn } from './views/signin.js'
 
 const main = document.getElementById('main')
@@ -27,7 +28,8 @@ function showError(error) {
   )
 }
 
-// #/ overview, #/jobs?status=dead list, #/jobs/42 one job, #/dead dead letters.
+// #/ overview, #/jobs?status=dead list, #/jobs/42 one job, #/dead dead letters,
+// #/settings notification preferences.
 function parseRoute() {
   const [path, query = ''] = window.location.hash.replace(/^#/, '').split('?')
   const params = new URLSearchParams(query)
@@ -35,6 +37,7 @@ function parseRoute() {
   if (parts[0] === 'jobs' && parts[1]) return { name: 'job', id: Number(parts[1]), params }
   if (parts[0] === 'jobs') return { name: 'jobs', params }
   if (parts[0] === 'dead') return { name: 'dead', params }
+  if (parts[0] === 'settings') return { name: 'settings', params }
   return { name: 'overview', params }
 }
 
@@ -50,9 +53,9 @@ async function route() {
     else link.removeAttribute('aria-current')
   }
 
-  const titles = { overview: 'Overview', jobs: 'Jobs', job: `Job #${current.id}`, dead: 'Dead letters' }
+  const titles = { overview: 'Overview', jobs: 'Jobs', job: `Job #${current.id}`, dead: 'Dead letters', settings: 'Notifications' }
   document.title = `${titles[current.name]} · examq`
-  const views = { overview: mountOverview, jobs: mountJobs, job: mountJob, dead: mountDeadLetters }
+  const views = { overview: mountOverview, jobs: mountJobs, job: mountJob, dead: mountDeadLetters, settings: mountSettings }
   clear(main)
   try {
     unmount = await views[current.name](context, main, current)
@@ -78,6 +81,17 @@ function showSignIn(message) {
   clear(main)
   mountSignIn(client, main, config, message)
   focusHeading(main)
+}
+
+// A page opened with a stored session hears of it twice (getSession and SIGNED_IN):
+// one start serves both, so the first view is not mounted twice.
+let starting = null
+
+function beginSession(authSession) {
+  starting ??= startSession(authSession).finally(() => {
+    starting = null
+  })
+  return starting
 }
 
 async function startSession(authSession) {
@@ -132,7 +146,7 @@ if (!config.supabaseUrl || !config.supabaseAnonKey) {
   client.auth.onAuthStateChange((event, authSession) => {
     // Deferred: the callback must not await other Supabase calls itself.
     setTimeout(() => {
-      if (event === 'SIGNED_IN' && authSession && !context) startSession(authSession).catch(showError)
+      if (event === 'SIGNED_IN' && authSession && !context) beginSession(authSession).catch(showError)
       if (event === 'SIGNED_OUT' && context) {
         context = null
         showSignIn()
@@ -153,6 +167,6 @@ if (!config.supabaseUrl || !config.supabaseAnonKey) {
   })
 
   const { data } = await client.auth.getSession()
-  if (data.session) await startSession(data.session).catch(showError)
+  if (data.session) await beginSession(data.session).catch(showError)
   else showSignIn()
 }

@@ -3,7 +3,8 @@
 Each test signs in through the page as a seeded user and checks what a teacher or an
 admin relies on: seeing only what they may see, a job appearing and progressing
 without a reload, Cancel and Requeue, filters and search, times in the viewer's time
-zone, and a layout usable on a phone and by keyboard. Realtime is not run locally,
+zone, notification preferences that are saved and keep the Slack webhook secret, and
+a layout usable on a phone and by keyboard. Realtime is not run locally,
 so these tests also show the page's polling fallback at work.
 """
 
@@ -14,6 +15,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from examq.worker import Worker
@@ -286,6 +288,157 @@ def test_dashboard_works_on_a_phone_and_by_keyboard(
     assert unlabelled == []
     assert (first_focusable, skipped_to) == ("Skip to content", "main")
     assert focused == "H1"
+    context.close()
+
+
+PREFERENCES_SQL = """
+select email_enabled, slack_enabled, slack_webhook_url, events, job_types,
+       success_min_seconds
+from public.notification_preferences where user_id = %s
+"""
+
+
+def preferences_row(db_url: str, user_id: str) -> tuple | None:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(PREFERENCES_SQL, (user_id,)).fetchone()
+
+
+def settings_form(page) -> dict:
+    """What the notification form shows: channels, events, job types, minimum."""
+    return page.evaluate(
+        """() => ({
+             email: document.getElementById('email-enabled').checked,
+             slack: document.getElementById('slack-enabled').checked,
+             webhook: document.getElementById('slack-webhook-url').value,
+             events: [...document.querySelectorAll('input[id^="event-"]:checked')].map(e => e.value),
+             jobTypes: [...document.querySelectorAll('input[id^="job-type-"]:checked')].map(e => e.value),
+             minimum: document.getElementById('success-min-seconds').value,
+           })"""
+    )
+
+
+def test_dashboard_teacher_sets_notification_preferences(
+    browser, dev_server: DevServer, db_url: str
+) -> None:
+    context, page = sign_in(browser, dev_server, FREE_USER)
+    page.get_by_role("link", name="Notifications").click()
+    page.locator("#settings-source").filter(has_text="defaults").wait_for()
+    defaults = settings_form(page)
+    webhook_state = page.locator("#slack-webhook-state").inner_text()
+
+    page.get_by_label("E-mail me").uncheck()
+    page.get_by_label("Minimum run time before a success is notified").fill("0")
+    page.get_by_label("Cancelled").check()
+    page.get_by_role("button", name="Save preferences").click()
+    page.locator("#settings-status").filter(has_text="Saved.").wait_for()
+    page.reload()
+    page.locator("#settings-source").filter(has_text="saved preferences").wait_for()
+    reloaded = settings_form(page)
+    saved = preferences_row(db_url, FREE_USER)
+
+    page.get_by_label("Post to my Slack").check()
+    page.get_by_label("Slack incoming webhook URL").fill("https://example.com/hooks/x")
+    page.get_by_role("button", name="Save preferences").click()
+    refused = page.get_by_role("alert").filter(has_text="Not saved")
+    refused.wait_for()
+
+    assert defaults == {
+        "email": True,
+        "slack": False,
+        "webhook": "",
+        "events": ["succeeded", "failed"],
+        "jobTypes": [],
+        "minimum": "60",
+    }
+    assert webhook_state == "No webhook URL is saved."
+    assert page.title() == "Notifications · examq"
+    assert reloaded == {
+        "email": False,
+        "slack": False,
+        "webhook": "",
+        "events": ["succeeded", "failed", "cancelled"],
+        "jobTypes": [],
+        "minimum": "0",
+    }
+    assert saved == (False, False, None, ["succeeded", "failed", "cancelled"], None, 0)
+    assert refused.inner_text() == (
+        'Not saved: new row for relation "notification_preferences" violates check '
+        'constraint "notification_preferences_slack_webhook_url_check"'
+    )
+    assert page.locator("#settings-status").inner_text() == ""
+    assert preferences_row(db_url, FREE_USER) == saved
+    context.close()
+
+
+def test_dashboard_notification_webhook_stays_secret_on_a_phone_by_keyboard(
+    browser, dev_server: DevServer, db_url: str
+) -> None:
+    secret = "https://hooks.slack.com/services/T0EXAMQ/B0EXAMQ/s3cr3tW3bh00k"
+    context, page = sign_in(
+        browser,
+        dev_server,
+        PRO_USER,
+        path="/settings",
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+    )
+    page.locator("#settings-source").wait_for()
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - window.innerWidth"
+    )
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select')]
+             .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+             .map(el => el.id || el.name)"""
+    )
+    focused = page.evaluate("document.activeElement.textContent")
+
+    # Keyboard only: Space toggles a checkbox, Tab moves on, Enter submits.
+    page.locator("#slack-enabled").focus()
+    page.keyboard.press("Space")
+    page.keyboard.press("Tab")
+    page.keyboard.type(secret)
+    page.get_by_label("system.noop").focus()
+    page.keyboard.press("Space")
+    page.locator("#success-min-seconds").focus()
+    page.keyboard.press("Enter")
+    page.locator("#settings-status").filter(has_text="Saved.").wait_for()
+    after_save = page.locator("#slack-webhook-state").inner_text()
+
+    api_answers = []
+    page.on("response", lambda r: "/rest/v1/" in r.url and api_answers.append(r))
+    page.reload()
+    page.locator("#settings-source").filter(has_text="saved preferences").wait_for()
+    reloaded = settings_form(page)
+    shown = page.locator("#slack-webhook-state").inner_text()
+    answers = "".join(r.text() for r in api_answers)
+
+    # Saving with Slack on and no URL is stopped in the page: the function would
+    # replace the stored webhook with nothing.
+    page.locator("#success-min-seconds").focus()
+    page.keyboard.press("Enter")
+    missing = page.evaluate(
+        "document.getElementById('slack-webhook-url').validity.valueMissing"
+    )
+
+    assert overflow <= 0
+    assert unlabelled == []
+    assert focused == "Notifications"
+    assert after_save == shown == "A webhook URL is saved (it is never shown)."
+    assert reloaded["slack"] is True and reloaded["webhook"] == ""
+    assert reloaded["jobTypes"] == ["system.noop"]
+    assert api_answers and secret not in answers and "slack_webhook_url" not in answers
+    assert secret not in page.content()
+    assert missing is True
+    assert preferences_row(db_url, PRO_USER) == (
+        True,
+        True,
+        secret,
+        ["succeeded", "failed"],
+        ["system.noop"],
+        60,
+    )
     context.close()
 
 

@@ -214,6 +214,97 @@ def test_rest_tables_values_never_become_sql(
     assert sorted(ids(quoted_in)) == jobs["free"]
 
 
+PREFERENCE_COLUMNS = "email_enabled,slack_enabled,events,job_types,success_min_seconds"
+WEBHOOK = "https://hooks.slack.com/services/T0EXAMQ/B0EXAMQ/secret"
+
+
+def test_rest_tables_read_own_notification_preferences_without_the_webhook(
+    api: httpx.Client,
+) -> None:
+    saved = api.post(
+        "/rpc/set_notification_preferences",
+        json={
+            "p_slack_enabled": True,
+            "p_slack_webhook_url": WEBHOOK,
+            "p_events": ["failed", "cancelled"],
+            "p_job_types": ["exam.grade"],
+            "p_success_min_seconds": 0,
+        },
+        headers=FREE,
+    )
+    api.post(
+        "/rpc/set_notification_preferences",
+        json={"p_email_enabled": False, "p_user_id": PRO_USER},
+        headers=SERVICE,
+    ).raise_for_status()
+    single = {"Accept": "application/vnd.pgrst.object+json"}
+
+    own = api.get(
+        "/notification_preferences",
+        params={"select": PREFERENCE_COLUMNS, "user_id": f"eq.{FREE_USER}"},
+        headers={**FREE, **single},
+    )
+    everything_visible = api.get(
+        "/notification_preferences", params={"select": "user_id"}, headers=FREE
+    )
+    has_webhook = api.get(
+        "/notification_preferences",
+        params={
+            "select": "user_id",
+            "user_id": f"eq.{FREE_USER}",
+            "slack_webhook_url": "not.is.null",
+        },
+        headers=FREE,
+    )
+    as_anon = api.get(
+        "/notification_preferences",
+        params={"select": PREFERENCE_COLUMNS},
+        headers=auth(None, ANON_KEY),
+    )
+
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["has_slack_webhook"] is True
+    assert "slack_webhook_url" not in saved.json()
+    assert own.json() == {
+        "email_enabled": True,
+        "slack_enabled": True,
+        "events": ["failed", "cancelled"],
+        "job_types": ["exam.grade"],
+        "success_min_seconds": 0,
+    }
+    assert everything_visible.json() == [{"user_id": FREE_USER}]
+    assert has_webhook.json() == [{"user_id": FREE_USER}]
+    assert WEBHOOK not in own.text + everything_visible.text + has_webhook.text
+    assert as_anon.status_code == 401
+
+
+def test_rest_tables_notification_preferences_refuse_a_foreign_webhook(
+    api: httpx.Client,
+) -> None:
+    refused = api.post(
+        "/rpc/set_notification_preferences",
+        json={"p_slack_enabled": True, "p_slack_webhook_url": "https://example.com/x"},
+        headers=FREE,
+    )
+    for_someone_else = api.post(
+        "/rpc/set_notification_preferences",
+        json={"p_user_id": PRO_USER},
+        headers=FREE,
+    )
+    rows = api.get(
+        "/notification_preferences", params={"select": "user_id"}, headers=SERVICE
+    )
+
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "23514"
+    assert refused.json()["message"] == (
+        'new row for relation "notification_preferences" violates check constraint '
+        '"notification_preferences_slack_webhook_url_check"'
+    )
+    assert for_someone_else.status_code == 403
+    assert rows.json() == []
+
+
 @pytest.mark.parametrize(
     ("lower", "rows", "total", "expected"),
     [
