@@ -124,10 +124,13 @@ def get_chain(transport: Transport, job_id: int) -> dict[str, Any]:
 
 
 def chain_status(jobs: list[dict[str, Any]]) -> str:
-    """One word for a chain: succeeded, failed, cancelled, or running while any step is unfinished."""
+    """One word for a chain: succeeded, failed, cancelled, queued until a step has
+    started, else running while any step is unfinished."""
     statuses = [job["status"] for job in jobs]
     if any(status == "dead" for status in statuses):
         return "failed"
+    if all(status in ("queued", "waiting") and not job.get("attempt") for status, job in zip(statuses, jobs)):
+        return "queued"
     if any(status not in FINAL for status in statuses):
         return "running"
     if all(status == "succeeded" for status in statuses):

@@ -20,6 +20,9 @@ from examq.queue import Queue
 from examq.handlers.grade import read_text_file
 from examq.worker import Worker
 
+# A chain is followed while it is one of these (see chain_status).
+UNFINISHED = ("queued", "running")
+
 
 def file_source(path: Path, settings: ExamSettings) -> dict[str, Any]:
     """An input for the payload: the file's text inline, or a local Storage object for binary files.
@@ -91,12 +94,12 @@ def submit_pipeline(
     if wait:
         worker = Worker(queue, batch_size=batch_size)
         deadline = time.monotonic() + timeout
-        while chain_status(chain["jobs"]) == "running" and time.monotonic() < deadline:
+        while chain_status(chain["jobs"]) in UNFINISHED and time.monotonic() < deadline:
             summary = worker.run_pass(
                 min(budget_seconds, max(1.0, deadline - time.monotonic()))
             )
             chain = get_chain(queue.transport, chain["chain_id"])
-            if chain_status(chain["jobs"]) == "running" and summary.claimed == 0:
+            if chain_status(chain["jobs"]) in UNFINISHED and summary.claimed == 0:
                 time.sleep(0.2)
 
     report = next(

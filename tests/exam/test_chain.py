@@ -34,7 +34,7 @@ def _run(queue, chain_id: int, deadline_seconds: float = 60) -> dict:
     worker = Worker(queue, batch_size=2)
     deadline = time.monotonic() + deadline_seconds
     chain = get_chain(queue.transport, chain_id)
-    while chain_status(chain["jobs"]) == "running" and time.monotonic() < deadline:
+    while chain_status(chain["jobs"]) in ("queued", "running") and time.monotonic() < deadline:
         if worker.run_pass(10).claimed == 0:
             time.sleep(0.05)
         chain = get_chain(queue.transport, chain_id)
@@ -224,3 +224,16 @@ def test_cli_submits_the_pipeline_and_prints_the_finished_chain(
     assert round(chain["report"]["summary"]["alpha"], 4) == 0.7155
     html = Path(chain["report"]["files"]["report.html"]["path"])
     assert html.is_file() and html.is_relative_to(tmp_path / "data" / "reports")
+
+
+def test_a_chain_is_queued_until_a_step_starts():
+    waiting = [
+        {"status": "queued", "attempt": 0},
+        {"status": "waiting", "attempt": 0},
+    ]
+    assert chain_status(waiting) == "queued"
+    # A retry is queued with an attempt behind it: the chain has started.
+    assert chain_status([{"status": "queued", "attempt": 1}, {"status": "waiting", "attempt": 0}]) == "running"
+    assert chain_status([{"status": "succeeded", "attempt": 1}, {"status": "queued", "attempt": 0}]) == "running"
+    assert chain_status([{"status": "succeeded", "attempt": 1}, {"status": "dead", "attempt": 3}]) == "failed"
+
