@@ -38,12 +38,15 @@ class InvalidToken(ExamqError):
     """The access token is missing, malformed, expired, or not a signed-in user's."""
 
 
-def verify_access_token(token: str, secret: str) -> dict[str, Any]:
+def verify_access_token(token: str, secret: str | None) -> dict[str, Any]:
     """Return the claims of a signed-in user's Supabase access token.
 
     Raises InvalidToken when the signature, audience or expiry do not check out, or
     when the token is not an ``authenticated`` user's (an anon or service key is
     refused: this path must never run with more rights than the user has).
+
+    With ``secret=None`` the signature is not checked, only the claims: for a token
+    that goes on to PostgREST, which checks the signature with the project's key.
     """
     import jwt
 
@@ -56,7 +59,13 @@ def verify_access_token(token: str, secret: str) -> dict[str, Any]:
             algorithms=["HS256"],
             audience=JWT_AUDIENCE,
             leeway=JWT_LEEWAY_SECONDS,
-            options={"require": ["exp", "sub"]},
+            # Without the signature, PyJWT checks nothing else unless told to.
+            options={
+                "require": ["exp", "sub"],
+                "verify_signature": secret is not None,
+                "verify_exp": True,
+                "verify_aud": True,
+            },
         )
     except jwt.ExpiredSignatureError as exc:
         raise InvalidToken("the access token has expired") from exc
