@@ -59,7 +59,7 @@ from examq.exam.model import (
     TrueFalse,
     max_points,
 )
-from examq.exam.text import collapse_spaces, html_to_text
+from examq.exam.text import collapse_spaces, csv_delimiter, html_to_text
 
 STUDENT_ID_COLUMNS = (
     "student",
@@ -170,9 +170,8 @@ def score_responses(
 
 def _read_rows(text: str, name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     # Strict mode turns a stray quote into an error instead of merging rows.
-    reader = csv.reader(
-        io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True
-    )
+    delimiter, text = csv_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except csv.Error as exc:
@@ -185,7 +184,16 @@ def _read_rows(text: str, name: str) -> tuple[list[str], list[tuple[int, list[st
 
 
 def _question_columns(exam: Exam, header: list[str], name: str) -> dict[str, int]:
-    """The column of each gradable question: by id, then title, then position."""
+    """The column of each gradable question: by title or id, then by number.
+
+    A question's title is tried before an id the importer made up from its place in
+    the file (GIFT and Moodle questions without an id number get Q1, Q2, ...): a bank
+    exported in title order (Q1, Q10, Q2, ...) must not be graded against the columns
+    of the file order. Columns named by number alone (Q3, Response 3, 3) are matched
+    by the number a question's id or title carries, so that a question left out of
+    the key does not shift the later ones; only when no question carries a usable
+    number are they taken in file order.
+    """
     folded = [collapse_spaces(h).casefold() for h in header]
     taken: set[int] = set()
     found: dict[str, int] = {}
@@ -206,22 +214,36 @@ def _question_columns(exam: Exam, header: list[str], name: str) -> dict[str, int
             return True
         return False
 
+    made_up = {q.id for place, q in enumerate(exam.questions, start=1) if q.id == f"Q{place}"}
     for question in exam.questions:
-        claim(question, question.id)
+        if question.id in made_up:
+            claim(question, question.title)
+    for question in exam.questions:
+        if question.id not in found:
+            claim(question, question.id)
     for question in exam.questions:
         if question.id not in found:
             claim(question, question.title)
-    positions = {}
+
+    positions: dict[int, int] = {}
     for index, heading in enumerate(folded):
         match = _POSITIONAL.match(heading)
         if match and index not in taken:
             positions.setdefault(int(match.group(1)), index)
-    for number, question in enumerate(exam.questions, start=1):
-        if (
-            question.id not in found
-            and number in positions
-            and positions[number] not in taken
-        ):
+    left = [q for q in exam.questions if q.id not in found]
+    numbers = [_number_of(q, made_up) for q in left]
+    if left and all(n is not None and n in positions for n in numbers):
+        # Every question left names a numbered column: match by that number.
+        pairs = zip(left, numbers)
+    elif left and not any(n is not None for n in numbers):
+        # Nothing to go by but the order of the file.
+        pairs = ((q, place) for place, q in enumerate(exam.questions, start=1) if q.id not in found)
+    else:
+        # Some questions carry numbers the header does not have: matching the rest by
+        # order could pair a question with another's column. They stay unmatched.
+        pairs = iter(())
+    for question, number in pairs:
+        if number in positions and positions[number] not in taken:
             found[question.id] = positions[number]
             taken.add(positions[number])
 
@@ -236,6 +258,18 @@ def _question_columns(exam: Exam, header: list[str], name: str) -> dict[str, int
             " (name columns by question id, title or position, e.g. Q1)"
         )
     return {qid: column for qid, column in found.items() if qid in gradable}
+
+
+def _number_of(question: Question, made_up: set[str]) -> int | None:
+    """The number a question's own id or title carries (3 for '3', 'Q3', 'Item 03')."""
+    names = [question.title] if question.id in made_up else [question.id, question.title]
+    for text in names:
+        match = _POSITIONAL.match(collapse_spaces(text or "").casefold())
+        if match:
+            return int(match.group(1))
+    if question.id in made_up:
+        return int(question.id[1:])
+    return None
 
 
 def _student_column(header: list[str], question_columns: set[int], name: str) -> int:

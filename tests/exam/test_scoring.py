@@ -6,6 +6,7 @@ import pytest
 
 from examq.exam.errors import ExamInputError
 from examq.exam.gift import parse_gift
+from examq.exam.keys import parse_key_csv
 from examq.exam.scoring import parse_number, score_responses
 
 EXAM = """::single::Capital of France? {=Paris ~Lyon ~%-50%Marseille}
@@ -147,6 +148,36 @@ def test_scoring_finds_columns_by_title_id_or_position() -> None:
     assert by_id.points.tolist() == [[0, 1]]
 
 
+def test_a_question_left_out_of_the_key_does_not_shift_the_later_columns() -> None:
+    exam = parse_key_csv("item,key\n1,A\n3,C\n4,D\n")
+
+    scored = score_responses(exam, "student,Q1,Q2,Q3,Q4\nperfect,A,B,C,D\n")
+
+    assert scored.points.tolist() == [[1, 1, 1]]
+
+    named = parse_key_csv("item,key\nQ1,A\nQ3,C\nQ4,D\n")
+    assert score_responses(named, "student,1,2,3,4\nperfect,A,B,C,D\n").points.tolist() == [[1, 1, 1]]
+
+
+def test_titles_win_over_ids_made_up_from_the_order_of_the_file() -> None:
+    # A bank exported in title order: the file's second question is titled Q3.
+    exam = parse_gift(
+        "::Q1::Two plus two? {=4 ~3}\n\n::Q3::Capital of France? {~Lyon =Paris}\n\n"
+        "::Q2::The sky is blue. {T}\n\n::Q4::Pi? {#3.14:0.005}\n"
+    )
+
+    scored = score_responses(exam, "student,Q1,Q2,Q3,Q4\nperfect,4,TRUE,Paris,3.14\n")
+
+    assert scored.points.tolist() == [[1, 1, 1, 1]]
+
+
+def test_numbered_columns_that_cannot_all_be_matched_by_number_are_refused() -> None:
+    exam = parse_key_csv("item,key\n1,A\n3,C\n5,D\n")
+
+    with pytest.raises(ExamInputError, match="no column for question"):
+        score_responses(exam, "student,Q1,Q2,Q3,Q4\nperfect,A,B,C,D\n")
+
+
 def test_scoring_points_scale_the_fraction() -> None:
     exam = parse_gift("::q::A? {~%50%x ~%50%y ~z}")
     exam.questions[0].points = 4
@@ -186,3 +217,11 @@ def test_parse_number_reads_common_spellings(cell: str, value: float) -> None:
 @pytest.mark.parametrize("cell", ["", "abc", "1,000.5", "nan", "inf", "1.2.3"])
 def test_parse_number_refuses_what_is_not_a_plain_number(cell: str) -> None:
     assert parse_number(cell) is None
+
+
+def test_scoring_reads_a_semicolon_key_and_responses() -> None:
+    exam = parse_key_csv("sep=;\nitem;key\n1;A\n2;B\n")
+
+    scored = score_responses(exam, "student;Q1;Q2\ns1;A;C\n")
+
+    assert scored.points.tolist() == [[1, 0]]
