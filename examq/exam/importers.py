@@ -11,6 +11,7 @@ from examq.exam.keys import parse_key_csv
 from examq.exam.model import Exam
 from examq.exam.moodle_xml import parse_moodle_xml
 from examq.exam.qti import parse_qti
+from examq.exam.text import decode_upload
 
 ExamFormat = Literal["gift", "moodle_xml", "qti", "key_csv"]
 FORMATS: tuple[ExamFormat, ...] = ("gift", "moodle_xml", "qti", "key_csv")
@@ -75,9 +76,4 @@ def import_exam(
 
 def decode_text(data: bytes, name: str) -> str:
     """UTF-8 text without a byte order mark; raise ExamInputError naming the file otherwise."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ExamInputError(
-            f"{name} is not UTF-8 text (invalid byte at offset {exc.start})"
-        ) from exc
+    return decode_upload(data, name)

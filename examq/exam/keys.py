@@ -15,6 +15,7 @@ import io
 
 from examq.exam.errors import ExamInputError
 from examq.exam.model import Choice, Exam, SingleChoice
+from examq.exam.text import csv_delimiter
 
 
 def parse_key_csv(
@@ -25,9 +26,8 @@ def parse_key_csv(
     Raises ExamInputError naming the file for a missing column, a blank or repeated
     item, or a blank key.
     """
-    reader = csv.reader(
-        io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True
-    )
+    delimiter, text = csv_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         rows = [
             (reader.line_num, row)

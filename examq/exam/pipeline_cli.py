@@ -16,6 +16,7 @@ from examq.exam.pipeline import (
     pipeline_steps,
 )
 from examq.exam.settings import ExamSettings, load_exam_settings
+from examq.exam.text import decode_upload
 from examq.queue import Queue
 from examq.handlers.grade import read_text_file
 from examq.worker import Worker
@@ -37,9 +38,9 @@ def file_source(path: Path, settings: ExamSettings) -> dict[str, Any]:
     except OSError as exc:
         raise PermanentError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        return {"text": data.decode("utf-8-sig"), "name": path.name}
-    except UnicodeDecodeError:
-        pass
+        return {"text": decode_upload(data, path.name), "name": path.name}
+    except PermanentError:
+        pass  # not text: a binary package, below
     if settings.inputs_in_supabase:
         raise PermanentError(
             f"{path} is not text; upload it to Storage and submit its bucket and path"
@@ -76,7 +77,7 @@ def submit_pipeline(
     settings = load_exam_settings()
     payload: dict[str, Any] = {
         "exam": file_source(exam, settings),
-        # Responses are always a CSV: one that is not UTF-8 is refused here, before
+        # Responses are always a CSV: one that is not text is refused here, before
         # anything is enqueued (an exam file may be a binary QTI package).
         "responses": {"text": read_text_file(responses), "name": responses.name},
     }

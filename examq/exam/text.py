@@ -68,3 +68,50 @@ def collapse_spaces(text: str) -> str:
 def shorten(text: str, limit: int = 80) -> str:
     """The text cut to ``limit`` characters with an ellipsis when it was longer."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def decode_upload(data: bytes, name: str) -> str:
+    """The text of an uploaded file: UTF-8 (a byte order mark dropped), or UTF-16 with
+    its byte order mark (what Excel saves as "Unicode text").
+
+    Raises ExamInputError naming the file otherwise, saying how to save it: any other
+    encoding (Windows-1252, Latin-1) cannot be told apart from the next with certainty,
+    and a wrong guess would change names and answers silently.
+    """
+    from examq.exam.errors import ExamInputError
+
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ExamInputError(f"{name} starts like UTF-16 text but is not (offset {exc.start})") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ExamInputError(
+            f"{name} is not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8 "
+            "(in Excel: 'CSV UTF-8 (Comma delimited)')"
+        ) from exc
+
+
+_SEP_LINE = re.compile(r"^sep=(.)\r?\n", re.IGNORECASE)
+
+
+def csv_delimiter(text: str) -> tuple[str, str]:
+    """The delimiter of a CSV text, and the text without Excel's ``sep=`` line.
+
+    Excel writes ``;`` where the decimal separator is a comma, and "Unicode text" is
+    tab-separated. A file is read with ``;`` or a tab only when its first line (the
+    header) has no comma and has that character; a ``sep=x`` first line says so
+    outright. Anything else is comma-separated.
+    """
+    text = text.removeprefix("\ufeff")
+    declared = _SEP_LINE.match(text)
+    if declared:
+        return declared.group(1), text[declared.end():]
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    if "," not in header:
+        for candidate in (";", "\t"):
+            if candidate in header:
+                return candidate, text
+    return ",", text

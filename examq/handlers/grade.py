@@ -37,6 +37,7 @@ from examq import analysis
 from examq.errors import PermanentError
 from examq.exam import grading
 from examq.exam.storage import check_text_size
+from examq.exam.text import csv_delimiter, decode_upload
 from examq.handlers import JobContext
 
 JOB_TYPE = "exam.grade"
@@ -181,13 +182,8 @@ def _payload_text(payload: dict[str, Any], field: str) -> str:
 
 
 def _decode_utf8(data: bytes, name: str) -> str:
-    """Decode UTF-8 bytes, dropping a byte order mark; PermanentError names the file."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PermanentError(
-            f"{name} is not UTF-8 text (invalid byte at offset {exc.start})"
-        ) from exc
+    """Decode an uploaded file (see decode_upload); PermanentError names the file."""
+    return decode_upload(data, name)
 
 
 def _parse_key(text: str) -> _Key:
@@ -326,7 +322,8 @@ def _read_rows(text: str, name: str) -> list[tuple[int, list[str]]]:
     """Return the non-blank CSV rows with their line numbers, the header first."""
     # Strict mode turns a stray or unterminated quote into an error instead of
     # silently running the rest of the file into one cell.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    delimiter, text = csv_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except csv.Error as exc:

@@ -420,3 +420,34 @@ def test_submit_refuses_to_grade_files_over_the_size_limit(db_url, tmp_path) -> 
     job = json.loads(result.stdout)
     assert job["status"] == "dead" and job["attempt"] == 1, job
     assert "limited to 2048 bytes (EXAMQ_MAX_INPUT_BYTES)" in job["last_error"]
+
+
+def _as_excel(text: str, delimiter: str) -> str:
+    return text.replace(",", delimiter)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"], ids=["semicolon", "tab"])
+def test_grade_reads_excel_semicolon_and_tab_files_as_the_comma_ones(delimiter: str) -> None:
+    expected = _grade()["summary"]
+
+    graded = _grade(_as_excel(KEY, delimiter), _as_excel(RESPONSES, delimiter))
+
+    assert graded["summary"] == expected
+
+
+def test_grade_reads_excel_sep_lines_and_utf16_unicode_text() -> None:
+    expected = _grade()["summary"]
+
+    declared = _grade("sep=;\n" + _as_excel(KEY, ";"), "sep=,\r\n" + RESPONSES)
+    unicode_text = _grade(
+        ("\ufeff" + _as_excel(KEY, "\t")).encode("utf-16-le"),
+        ("\ufeff" + _as_excel(RESPONSES, "\t")).encode("utf-16-le"),
+    )
+
+    assert declared["summary"] == expected
+    assert unicode_text["summary"] == expected
+
+
+def test_grade_refuses_latin1_saying_how_to_save_the_file() -> None:
+    with pytest.raises(PermanentError, match="save it as UTF-8"):
+        _grade(responses=RESPONSES.replace("s1", "Zo\xeb").encode("latin-1"))
