@@ -319,19 +319,33 @@ def _fold(text: str) -> str:
     return collapse_spaces(unicodedata.normalize("NFC", text)).casefold()
 
 
+def answer_set(text: str) -> str | None:
+    """Several answers separated by ``;`` or ``|``, in one order (``c;a`` is ``a;c``);
+    None for a single answer."""
+    parts = sorted({p for p in (part.strip().casefold() for part in re.split(r"[;|]", text)) if p})
+    return ";".join(parts) if len(parts) > 1 else None
+
+
 def _choice_finder(choices: list[Choice]) -> Callable[[str], Choice | None]:
     """Find the choice a cell names: by id first, then by its text (HTML read as text)."""
     by_id: dict[str, Choice] = {}
     by_text: dict[str, Choice] = {}
+    by_set: dict[str, Choice] = {}
     for choice in choices:
         by_id.setdefault(_fold(choice.id), choice)
+        # A key CSV's "A;C" is one choice: "C;A" names it too.
+        if (as_set := answer_set(choice.id)) is not None:
+            by_set.setdefault(as_set, choice)
     for choice in choices:
         for text in (choice.text, html_to_text(choice.text)):
             by_text.setdefault(_fold(text), choice)
 
     def find(cell: str) -> Choice | None:
         key = _fold(cell)
-        return by_id.get(key) or by_text.get(key)
+        found = by_id.get(key) or by_text.get(key)
+        if found is None and by_set and (as_set := answer_set(cell)) is not None:
+            found = by_set.get(as_set)
+        return found
 
     return find
 
@@ -440,8 +454,29 @@ def _text_matcher(
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][+-]?\d+)?$")
 
 
+# Commas between groups of three digits: 1,000, 12,345,678 and 1,000.5 in English.
+# One such comma and no point (1,000) could also be a decimal comma.
+_GROUPED = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")
+
+
+def number_readings(cell: str) -> list[float]:
+    """Every number a cell may mean: one, or two for ``1,000`` (1000, or 1.0 with a
+    decimal comma); none when it is not a number."""
+    text = cell.strip().replace("\u2212", "-").replace(" ", "")
+    readings = []
+    if _GROUPED.match(text):
+        readings.append(float(text.replace(",", "")))
+    single = parse_number(cell)
+    if single is not None and single not in readings:
+        readings.append(single)
+    return readings
+
+
 def parse_number(cell: str) -> float | None:
-    """A number from a cell (``3.5``, ``-2``, ``1e3``, ``3,5``); None when it is not one."""
+    """A number from a cell (``3.5``, ``-2``, ``1e3``, ``3,5``); None when it is not one.
+
+    A comma is a decimal comma here; ``number_readings`` also gives the grouped reading.
+    """
     text = cell.strip().replace("\u2212", "-").replace(" ", "")
     if not _NUMBER.match(text):
         return None
@@ -457,10 +492,7 @@ def parse_number(cell: str) -> float | None:
 def _numerical(question: Numerical) -> Scorer:
     answers = [(a.bounds(), a.weight) for a in question.answers]
 
-    def score(cell: str) -> tuple[float, tuple[str, ...]]:
-        value = parse_number(cell)
-        if value is None:
-            return 0.0, ()
+    def credit(value: float) -> float:
         for (low, high), weight in answers:
             # Float arithmetic puts 3.1415 - 0.0005 a hair below 3.141; allow that much.
             slack = 1e-12 * max(
@@ -469,8 +501,16 @@ def _numerical(question: Numerical) -> Scorer:
                 abs(high) if math.isfinite(high) else 1.0,
             )
             if low - slack <= value <= high + slack:
-                return weight, ()
-        return 0.0, ()
+                return weight
+        return 0.0
+
+    def score(cell: str) -> tuple[float, tuple[str, ...]]:
+        # "1,000" is 1000 to an English reader and 1.000 to a French one: the
+        # student gets the credit of the reading that earns more.
+        readings = number_readings(cell)
+        if not readings:
+            return 0.0, ()
+        return max(credit(value) for value in readings), ()
 
     return score
 

@@ -36,6 +36,7 @@ import numpy as np
 from examq import analysis
 from examq.errors import PermanentError
 from examq.exam import grading
+from examq.exam.scoring import answer_set
 from examq.exam.storage import check_text_size
 from examq.exam.text import csv_delimiter, decode_upload
 from examq.handlers import JobContext
@@ -351,5 +352,6 @@ def _cell(row: list[str], column: int) -> str:
 
 
 def _normalise_answer(answer: str) -> str:
-    """Return an answer or key in the form that scoring compares."""
-    return answer.strip().casefold()
+    """Return an answer or key in the form that scoring compares: trimmed, case
+    folded, and several answers (``A;C``, ``C | A``) in one order."""
+    return answer_set(answer) or answer.strip().casefold()

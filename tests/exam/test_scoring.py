@@ -7,7 +7,7 @@ import pytest
 from examq.exam.errors import ExamInputError
 from examq.exam.gift import parse_gift
 from examq.exam.keys import parse_key_csv
-from examq.exam.scoring import parse_number, score_responses
+from examq.exam.scoring import number_readings, parse_number, score_responses
 
 EXAM = """::single::Capital of France? {=Paris ~Lyon ~%-50%Marseille}
 
@@ -225,3 +225,29 @@ def test_scoring_reads_a_semicolon_key_and_responses() -> None:
     scored = score_responses(exam, "student;Q1;Q2\ns1;A;C\n")
 
     assert scored.points.tolist() == [[1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("cell", "readings"),
+    [("1,000", [1000.0, 1.0]), ("1,822", [1822.0, 1.822]), ("12,345,678", [12345678.0]),
+     ("1,000.5", [1000.5]), ("3,14", [3.14]), ("0,125", [0.125]), ("abc", [])],
+)
+def test_number_readings_give_both_meanings_of_a_grouping_comma(cell: str, readings: list[float]) -> None:
+    assert number_readings(cell) == readings
+
+
+def test_a_numerical_answer_with_a_thousands_comma_earns_its_credit() -> None:
+    exam = parse_gift("::n::How many? {#1000:10}\n\n::d::Pi? {#3.14:0.01}")
+
+    scored = score_responses(exam, "student,n,d\nen,\"1,000\",3.14\nfr,1000,\"3,14\"\nwrong,\"1,200\",3\n")
+
+    assert scored.points.tolist() == [[1, 1], [1, 1], [0, 0]]
+
+
+
+def test_a_key_csv_with_several_answers_accepts_them_in_any_order() -> None:
+    exam = parse_key_csv("item,key\nq1,A;C\n")
+
+    scored = score_responses(exam, "student,q1\ns1,C;A\ns2,A|C\ns3,A;B;C\n")
+
+    assert scored.points.tolist() == [[1], [1], [0]]

@@ -451,3 +451,9 @@ def test_grade_reads_excel_sep_lines_and_utf16_unicode_text() -> None:
 def test_grade_refuses_latin1_saying_how_to_save_the_file() -> None:
     with pytest.raises(PermanentError, match="save it as UTF-8"):
         _grade(responses=RESPONSES.replace("s1", "Zo\xeb").encode("latin-1"))
+
+
+def test_grade_matches_several_answers_in_any_order() -> None:
+    graded = _grade("item,key\nq1,A;C\nq2,B\n", "student,q1,q2\ns1,C;A\ns2, a | c ,B\ns3,A;B;C,B\ns4,A,B\n")
+
+    assert [s["total"] for s in graded["students"]] == [1, 2, 1, 1]
