@@ -13,9 +13,11 @@ from collections.abc import Iterable
 
 from examq.exam.errors import ExamInputError
 
+# Moodle lists the repeating ones to seven places (0.3333333); they stand for the
+# exact fractions, so that three answers of 33.33333% add up to a whole point.
 _POSITIVE_FRACTIONS = (
-    1.0, 0.9, 0.8333333, 0.8, 0.75, 0.7, 0.6666667, 0.6, 0.5, 0.4, 0.3333333,
-    0.3, 0.25, 0.2, 0.1666667, 0.1428571, 0.125, 0.1111111, 0.1, 0.05,
+    1.0, 0.9, 5 / 6, 0.8, 0.75, 0.7, 2 / 3, 0.6, 0.5, 0.4, 1 / 3,
+    0.3, 0.25, 0.2, 1 / 6, 1 / 7, 0.125, 1 / 9, 0.1, 0.05,
 )  # fmt: skip
 
 ALLOWED_FRACTIONS = tuple(

@@ -171,9 +171,9 @@ def test_gift_accepts_moodles_fractional_weights_and_negative_ones() -> None:
     question = exam.questions[0]
     assert question.type == "multiple_response"
     assert [c.weight for c in question.choices] == [
-        0.3333333,
-        0.3333333,
-        0.3333333,
+        1 / 3,
+        1 / 3,
+        1 / 3,
         -1.0,
     ]
 

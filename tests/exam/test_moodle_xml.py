@@ -89,9 +89,9 @@ def test_moodle_xml_reads_the_fixture_once_its_grade_is_valid() -> None:
     assert [c.weight for c in question.choices] == [
         -0.5,
         -1.0,
-        0.3333333,
+        1 / 3,
         -0.5,
-        0.3333333,
+        1 / 3,
     ]
     assert (
         question.choices[2].text == '<p dir="ltr" style="text-align: left;">3<br></p>'
@@ -118,7 +118,7 @@ def test_moodle_xml_reads_each_question_type() -> None:
     assert capital.type == "short_answer" and all(
         a.case_sensitive and a.wildcards for a in capital.answers
     )
-    assert [a.weight for a in capital.answers] == [1.0, 0.3333333]
+    assert [a.weight for a in capital.answers] == [1.0, 1 / 3]
     assert [(a.bounds(), a.weight) for a in born.answers[:2]] == [
         ((1822, 1822), 1.0),
         ((1820, 1824), 0.5),

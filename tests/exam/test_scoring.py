@@ -251,3 +251,11 @@ def test_a_key_csv_with_several_answers_accepts_them_in_any_order() -> None:
     scored = score_responses(exam, "student,q1\ns1,C;A\ns2,A|C\ns3,A;B;C\n")
 
     assert scored.points.tolist() == [[1], [1], [0]]
+
+
+def test_three_answers_of_a_third_make_a_whole_point() -> None:
+    exam = parse_gift("::m::Pick the primes. {~%33.33333%2 ~%33.33333%3 ~%33.33333%5 ~%-100%4}")
+
+    scored = score_responses(exam, "student,m\ns1,A;B;C\n")
+
+    assert scored.max_points == [1] and scored.points.tolist() == [[1]]
