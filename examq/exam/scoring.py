@@ -397,6 +397,11 @@ def _split_selection(cell: str, find: Callable[[str], Choice | None]) -> list[st
     for separator in (";", "|", ","):
         if separator in cell:
             return [part for part in (p.strip() for p in cell.split(separator)) if part]
+    # Answer sheets scanned by machine write the letters run together ("ACD"): split
+    # them when every letter names a choice and the run as a whole names none.
+    letters = cell.strip()
+    if len(letters) > 1 and letters.isascii() and letters.isalpha() and all(find(c) is not None for c in letters):
+        return list(letters)
     return [cell]
 
 

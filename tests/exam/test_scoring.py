@@ -259,3 +259,11 @@ def test_three_answers_of_a_third_make_a_whole_point() -> None:
     scored = score_responses(exam, "student,m\ns1,A;B;C\n")
 
     assert scored.max_points == [1] and scored.points.tolist() == [[1]]
+
+
+def test_letters_run_together_name_several_choices() -> None:
+    exam = parse_gift("::m::Pick two. {~%50%one ~%50%two ~%-100%three}")
+
+    scored = score_responses(exam, "student,m\nscanner,AB\nwrong,AC\nwords,xyz\n")
+
+    assert scored.points.tolist() == [[1], [0], [0]]
