@@ -25,7 +25,7 @@ import httpx
 from loguru import logger
 
 from examq.config import Settings
-from examq.errors import DatabaseError, LeaseLost, Unavailable
+from examq.errors import DatabaseError, LeaseLost, NotificationNotFound, Unavailable
 from examq.notify.alerts import check_admin_alerts
 from examq.notify.delivery import Delivery
 from examq.notify.email import EmlFileSender, SendGridSender
@@ -150,7 +150,7 @@ class Dispatcher:
             try:
                 self.outbox.release(notification)
                 summary.released += 1
-            except LeaseLost:
+            except (LeaseLost, NotificationNotFound):
                 summary.lease_lost += 1
         log.info("budget spent; released unsent notifications", released=len(batch))
 
@@ -176,6 +176,11 @@ class Dispatcher:
 
         try:
             self.outbox.start(notification, lease_seconds=self.lease_seconds)
+        except NotificationNotFound:
+            # Deleted meanwhile, with its job or its owner: nothing left to send.
+            summary.lease_lost += 1
+            log.info("notification deleted before sending; skipped")
+            return "lease_lost"
         except LeaseLost:
             summary.lease_lost += 1
             log.warning(
@@ -245,6 +250,12 @@ class Dispatcher:
         duration = round(time.monotonic() - started, 3)
         try:
             finished = self.outbox.finish(notification, delivery)
+        except NotificationNotFound:
+            # Deleted while it was being sent (its job pruned, its owner deleted): the
+            # others of the pass go on.
+            summary.lease_lost += 1
+            log.warning("notification deleted before its outcome was recorded", outcome=delivery.outcome)
+            return "lease_lost"
         except LeaseLost:
             summary.lease_lost += 1
             log.error(

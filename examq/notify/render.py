@@ -11,6 +11,7 @@ escaping, and the subject is kept to one line.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -99,7 +100,9 @@ def render_job_email(notification: Notification, dashboard_url: str) -> EmailCon
     context = _job_context(notification, dashboard_url)
     env = _email_env()
     subject = env.get_template("job_email_subject.txt.j2").render(context)
-    subject = " ".join(subject.split())[:200]
+    # One line, without the invisible controls that reorder text (a title holding
+    # U+202E would show the rest of the subject reversed).
+    subject = " ".join(_BIDI_CONTROLS.sub("", subject).split())[:200]
     context["subject"] = subject
     text = env.get_template("job_email.txt.j2").render(context)
     html = env.get_template("job_email.html.j2").render(context)
@@ -231,11 +234,20 @@ def _reason(job: JobFacts) -> str | None:
     }.get(job.error_kind or "", "The job failed and will not be retried.")
 
 
+# A figure of a job's summary is shown as a number; anything else a handler put
+# there is shown as text, cut to this many characters, so no result can make an
+# e-mail larger than a provider accepts.
+FIGURE_LIMIT = 60
+
+_BIDI_CONTROLS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _number(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a (not defined for this data)"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
+        text = str(value)
+        return text if len(text) <= FIGURE_LIMIT else text[: FIGURE_LIMIT - 1] + "\u2026"
     if digits == 0 and float(value).is_integer():
         return str(int(value))
     return f"{float(value):.{digits or 2}f}"

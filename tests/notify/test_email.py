@@ -20,6 +20,7 @@ from tests.notify.conftest import (
     make_settings,
     notify_everything,
     outbox_rows,
+    sendgrid_accepts,
     sendgrid_error,
     sent_bodies,
 )
@@ -330,3 +331,35 @@ def test_a_pass_without_time_for_one_send_sends_nothing(
 
     assert summary.claimed == 0 and not sendgrid.called
     assert outbox_rows(sql)[0]["status"] == "pending"
+
+
+def test_a_notification_deleted_while_it_is_sent_does_not_stop_the_pass(
+    queue, outbox, sql, sendgrid, sendgrid_settings
+):
+    notify_everything(outbox)
+    first, second, third = (finish_job(queue, "succeeded") for _ in range(3))
+
+    def delete_the_first_then_accept(request: httpx.Request) -> httpx.Response:
+        # The first job is pruned while its message is in flight.
+        sql.execute("delete from jobs where id = %s", (first.id,))
+        sendgrid.side_effect = sendgrid_accepts
+        return sendgrid_accepts(request)
+
+    sendgrid.side_effect = delete_the_first_then_accept
+    summary = dispatch(outbox, sendgrid_settings)
+
+    assert summary.claimed == 3 and summary.sent == 2
+    rows = outbox_rows(sql)
+    assert [(r["job_id"], r["status"]) for r in rows] == [(second.id, "sent"), (third.id, "sent")]
+
+
+def test_summary_figures_cannot_make_an_email_huge(queue, outbox, sql, sendgrid, sendgrid_settings):
+    notify_everything(outbox)
+    hostile = "<b>x</b>" * 200_000
+    finish_job(queue, "succeeded", result={"summary": {"students": hostile, "max_score": hostile}})
+
+    dispatch(outbox, sendgrid_settings)
+
+    [body] = sent_bodies(sendgrid)
+    assert sum(len(c["value"]) for c in body["content"]) < 50_000
+    assert "<b>" not in next(c["value"] for c in body["content"] if c["type"] == "text/html")

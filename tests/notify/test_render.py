@@ -187,3 +187,9 @@ def test_provider_messages_lose_addresses_and_transport_errors_lose_urls():
     assert transport_failure("Slack", httpx.ConnectTimeout("x")).outcome == "retry"
     assert transport_failure("Slack", httpx.ReadTimeout("x")).outcome == "uncertain"
     assert transport_failure("Slack", httpx.WriteTimeout("x")).outcome == "uncertain"
+
+
+def test_a_subject_holds_no_control_that_reverses_text():
+    content = render_job_email(notification(title="Quiz \u202eevil\u202c 3"), DASHBOARD)
+
+    assert content.subject == "[examq] Job #42 succeeded: Quiz evil 3"
