@@ -47,9 +47,18 @@ def _to_json_compatible(value: Any) -> Any:
 class PsycopgTransport:
     """Calls the SQL functions over one direct PostgreSQL connection, in autocommit mode."""
 
-    def __init__(self, url: str, *, application_name: str = "examq") -> None:
+    def __init__(
+        self, url: str, *, application_name: str = "examq", statement_timeout_seconds: float | None = None
+    ) -> None:
         self._url = url
         self._application_name = application_name
+        # A bound on every statement of this connection (a call that waits on a lock
+        # held elsewhere fails instead of hanging); none by default.
+        self._options = (
+            f"-c statement_timeout={max(1, round(statement_timeout_seconds * 1000))}"
+            if statement_timeout_seconds is not None
+            else None
+        )
         self._lock = threading.Lock()
         self._conn: Any = None
 
@@ -57,11 +66,13 @@ class PsycopgTransport:
         import psycopg
 
         try:
+            extra = {"options": self._options} if self._options else {}
             return psycopg.connect(
                 self._url,
                 autocommit=True,
                 application_name=self._application_name,
                 connect_timeout=10,
+                **extra,
             )
         except psycopg.OperationalError as exc:
             raise Unavailable(f"cannot connect to the database: {exc}".strip()) from exc

@@ -231,16 +231,27 @@ def database_url(settings: Settings, *, prepare: bool = True) -> str:
     return url
 
 
-def open_transport(settings: Settings, *, prepare: bool = True) -> Transport:
-    """The transport the settings select; local databases get the schema applied first."""
+def open_transport(
+    settings: Settings, *, prepare: bool = True, statement_timeout_seconds: float | None = None
+) -> Transport:
+    """The transport the settings select; local databases get the schema applied first.
+
+    ``statement_timeout_seconds`` bounds each statement of a direct connection.
+    """
     if settings.backend is Backend.SUPABASE:
         assert settings.supabase_url and settings.supabase_service_role_key
         return SupabaseTransport(
             settings.supabase_url, settings.supabase_service_role_key.get_secret_value()
         )
-    return PsycopgTransport(database_url(settings, prepare=prepare))
+    return PsycopgTransport(
+        database_url(settings, prepare=prepare), statement_timeout_seconds=statement_timeout_seconds
+    )
 
 
-def open_queue(settings: Settings, *, prepare: bool = True) -> Queue:
-    """A Queue on the configured database."""
-    return Queue(open_transport(settings, prepare=prepare))
+def open_queue(
+    settings: Settings, *, prepare: bool = True, statement_timeout_seconds: float | None = None
+) -> Queue:
+    """A Queue on the configured database (see open_transport)."""
+    return Queue(
+        open_transport(settings, prepare=prepare, statement_timeout_seconds=statement_timeout_seconds)
+    )

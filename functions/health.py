@@ -33,6 +33,8 @@ from examq.log import configure_logging
 from examq.queue import Queue
 from functions.cron import is_authorized
 
+HEALTH_TIMEOUT_SECONDS = 5.0
+
 _queue: Queue | None = None
 _queue_lock = threading.Lock()
 
@@ -42,7 +44,9 @@ def _shared_queue(settings: Settings) -> Queue:
     global _queue
     with _queue_lock:
         if _queue is None:
-            _queue = open_queue(settings, prepare=False)
+            # A monitor wants an answer soon: a database too busy to give one in a
+            # few seconds is reported unavailable (503) rather than left hanging.
+            _queue = open_queue(settings, prepare=False, statement_timeout_seconds=HEALTH_TIMEOUT_SECONDS)
         return _queue
 
 

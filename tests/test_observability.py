@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from loguru import logger
 from starlette.testclient import TestClient
@@ -191,6 +192,23 @@ def test_health_endpoint_answers_503_until_a_tick_succeeded_then_200(
         "expired_leases",
         "failure_rate",
     } <= set(body)
+
+
+def test_health_endpoint_answers_503_soon_when_the_database_cannot_answer(
+    health_client, db_url, monkeypatch
+):
+    monkeypatch.setattr(health_function, "HEALTH_TIMEOUT_SECONDS", 0.5)
+    auth = {"Authorization": "Bearer health-secret-for-tests"}
+    with psycopg.connect(db_url) as holder:
+        holder.execute("lock table public.jobs in access exclusive mode")
+        response = health_client.get("/api/health", headers=auth)
+        holder.rollback()
+
+    assert response.status_code == 503
+    assert response.json() == {"error": "database unavailable"}
+    # The same connection answers once the database can.
+    assert health_client.get("/api/health", headers=auth).status_code in (200, 503)
+    assert "error" not in health_client.get("/api/health", headers=auth).json()
 
 
 def test_health_endpoint_without_a_configured_secret_is_a_clear_500(
