@@ -39,6 +39,24 @@ comment on function examq_internal.retention_seconds(interval) is
 revoke all on function examq_internal.retention_seconds(interval) from public, anon, authenticated;
 grant execute on function examq_internal.retention_seconds(interval) to service_role;
 
+-- How many rows one retention call may delete: 1 to 100,000. Raises EQ007.
+create function examq_internal.check_retention_limit(p_limit integer) returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_limit is null or p_limit not between 1 and 100000 then
+    raise exception using errcode = 'EQ007', message = 'limit must be between 1 and 100000';
+  end if;
+end
+$$;
+
+comment on function examq_internal.check_retention_limit(integer) is
+  'Refuses a retention batch size outside 1 to 100,000.';
+
+revoke all on function examq_internal.check_retention_limit(integer) from public, anon, authenticated;
+grant execute on function examq_internal.check_retention_limit(integer) to service_role;
+
 -- prune_jobs: the contract of the migration that introduced it, with the period
 -- checked as above.
 create or replace function public.prune_jobs(
@@ -52,9 +70,7 @@ declare
   v_seconds double precision := examq_internal.retention_seconds(p_older_than);
   v_count integer;
 begin
-  if p_limit is null or p_limit not between 1 and 100000 then
-    raise exception using errcode = 'EQ007', message = 'limit must be between 1 and 100000';
-  end if;
+  perform examq_internal.check_retention_limit(p_limit);
 
   with doomed as (
     select j.id
@@ -94,9 +110,7 @@ declare
   v_seconds double precision := examq_internal.retention_seconds(p_older_than);
   v_count integer;
 begin
-  if p_limit is null or p_limit not between 1 and 100000 then
-    raise exception using errcode = 'EQ007', message = 'limit must be between 1 and 100000';
-  end if;
+  perform examq_internal.check_retention_limit(p_limit);
 
   with doomed as (
     select n.id
