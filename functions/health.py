@@ -18,6 +18,7 @@ uptime check alerts), 500 when CRON_SECRET is not configured, and 503 with
 
 from __future__ import annotations
 
+import os
 import threading
 
 from loguru import logger
@@ -55,6 +56,11 @@ def health(request: Request) -> JSONResponse:
     try:
         settings = load_settings()
     except ConfigError as exc:
+        # As /api/cron: only a caller holding the secret learns what is misconfigured.
+        raw_secret = os.environ.get("CRON_SECRET", "")
+        if not raw_secret or not is_authorized(request, raw_secret):
+            logger.error("configuration error: {}", exc)
+            return JSONResponse({"error": "server misconfigured; see the function's logs"}, status_code=500)
         return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
     configure_logging(settings.log_format, settings.log_level, settings=settings)
 

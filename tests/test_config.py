@@ -191,3 +191,8 @@ def test_vercel_functions_refuse_a_bad_setting(monkeypatch, db_url, variable, va
         assert response.status_code == 500, (name, response.text)
         assert variable in response.json()["error"], (name, response.text)
     assert cron_function._queue is None and health_function._queue is None
+
+    # Without the secret, the functions that take it say only that something is wrong.
+    for path, app in (("/api/cron", cron_function.app), ("/api/health", health_function.app)):
+        anonymous = TestClient(app).get(path)
+        assert anonymous.status_code == 500 and variable not in anonymous.text, (path, anonymous.text)
