@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -188,13 +189,7 @@ class Dispatcher:
             )
             return "lease_lost"
 
-        try:
-            delivery = send()
-        except Exception as exc:  # noqa: BLE001 - the request may have gone out
-            delivery = Delivery(
-                "uncertain",
-                f"unexpected error while sending ({type(exc).__name__}); it may have been delivered",
-            )
+        delivery = _send_within(send, self.settings.notify_timeout_seconds + SEND_GRACE_SECONDS)
         return self._record(log, notification, delivery, summary, started)
 
     def _prepare(
@@ -292,3 +287,43 @@ class Dispatcher:
             summary.failed += 1
             log.warning("notification failed", reason=delivery.error, **fields)
         return status
+
+
+# httpx's timeouts bound each connect, write and read, not a whole request: a provider
+# that answers a byte at a time could hold a send, and the pass, for as long as it
+# likes. A send is also bounded as a whole, by the timeout plus this grace, which lets
+# a connect timeout (a send that never went out, retried later) be reported first.
+SEND_GRACE_SECONDS = 1.0
+
+
+def _send_within(send: Callable[[], Delivery], seconds: float) -> Delivery:
+    """Run ``send`` and return its outcome, or ``uncertain`` once ``seconds`` have passed.
+
+    The send runs in a daemon thread: one that overruns is abandoned (its request may
+    have been delivered, so the row waits for an admin rather than being sent again),
+    and the process can still exit while it lingers.
+    """
+    outcome: list[Delivery] = []
+
+    def run() -> None:
+        try:
+            outcome.append(send())
+        except Exception as exc:  # noqa: BLE001 - the request may have gone out
+            outcome.append(
+                Delivery(
+                    "uncertain",
+                    f"unexpected error while sending ({type(exc).__name__}); it may have been delivered",
+                )
+            )
+
+    # Named after the thread it sends for: logs and traces read as if that one sent.
+    worker = threading.Thread(target=run, name=threading.current_thread().name, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if outcome:
+        return outcome[0]
+    return Delivery(
+        "uncertain",
+        f"no complete answer within {seconds:g} s; the message may have been delivered",
+    )
+

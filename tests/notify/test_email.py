@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
 import time
 
 import httpx
@@ -363,3 +364,32 @@ def test_summary_figures_cannot_make_an_email_huge(queue, outbox, sql, sendgrid,
     [body] = sent_bodies(sendgrid)
     assert sum(len(c["value"]) for c in body["content"]) < 50_000
     assert "<b>" not in next(c["value"] for c in body["content"] if c["type"] == "text/html")
+
+
+def test_a_provider_that_never_finishes_answering_cannot_hold_the_pass(
+    queue, outbox, sql, sendgrid, db_url, tmp_path
+):
+    settings = make_settings(db_url, tmp_path, SENDGRID_API_KEY=SENDGRID_KEY, EXAMQ_NOTIFY_TIMEOUT_SECONDS="0.5")
+    notify_everything(outbox)
+    stuck, fine = finish_job(queue, "succeeded"), finish_job(queue, "succeeded")
+    calls: list[httpx.Request] = []
+    next_send_started = threading.Event()
+
+    def first_one_trickles(request: httpx.Request) -> httpx.Response:
+        # The first answer trickles in (no single read ever times out) until the
+        # dispatcher has moved on to the next notification.
+        calls.append(request)
+        if len(calls) == 1:
+            next_send_started.wait(30)
+        else:
+            next_send_started.set()
+        return sendgrid_accepts(request)
+
+    sendgrid.side_effect = first_one_trickles
+    summary = dispatch(outbox, settings)
+
+    assert next_send_started.is_set(), "the pass waited for the trickling answer"
+    assert (summary.sent, summary.uncertain) == (1, 1)
+    rows = {r["job_id"]: r for r in outbox_rows(sql)}
+    assert rows[stuck.id]["status"] == "uncertain" and "may have been delivered" in rows[stuck.id]["last_error"]
+    assert rows[fine.id]["status"] == "sent"
