@@ -164,7 +164,10 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "database_url", "supabase_url", "supabase_service_role_key", "cron_secret", mode="before"
+        "database_url", "supabase_url", "supabase_service_role_key", "cron_secret",
+        "sendgrid_api_key", "slack_admin_webhook_url", "outbox_dir",
+        "storage_dir", "reports_dir", "supabase_anon_key", "supabase_jwt_secret",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -174,20 +177,6 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         return _default_data_dir() if isinstance(value, str) and not value.strip() else value
-
-    @field_validator(
-        "sendgrid_api_key", "slack_admin_webhook_url", "outbox_dir", mode="before"
-    )
-    @classmethod
-    def _blank_notify_setting_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator(
-        "storage_dir", "reports_dir", "supabase_anon_key", "supabase_jwt_secret", mode="before"
-    )
-    @classmethod
-    def _blank_exam_setting_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("reports_bucket")
     @classmethod
@@ -255,17 +244,15 @@ class Settings(BaseSettings):
     def _check_log_rotation(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return "50 MB"
-        if not isinstance(value, str) or not (
-            _SIZE.match(value) or _DURATION.match(value) or _CLOCK.match(value)
-        ):
+        text = value if isinstance(value, str) else ""
+        size, duration = _SIZE.match(text), _DURATION.match(text)
+        if not (size or duration or _CLOCK.match(text)):
             raise ValueError("must be a size ('50 MB'), a duration ('1 day') or a time of day ('00:00')")
-        size = _SIZE.match(value)
         if size and float(size.group(1)) <= 0:
             raise ValueError("a size must be larger than 0")
-        duration = _DURATION.match(value)
         if duration and (problem := _duration_problem(duration)):
             raise ValueError(f"a duration {problem}")
-        return value.strip()
+        return text.strip()
 
     @field_validator("log_retention", mode="before")
     @classmethod

@@ -56,12 +56,7 @@ def run_cron(request: Request) -> JSONResponse:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        # Only a caller holding the secret learns what is misconfigured.
-        raw_secret = os.environ.get("CRON_SECRET", "")
-        if not raw_secret or not is_authorized(request, raw_secret):
-            logger.error("configuration error: {}", exc)
-            return JSONResponse({"error": "server misconfigured; see the function's logs"}, status_code=500)
-        return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
+        return config_error_response(request, exc)
     configure_logging(settings.log_format, settings.log_level)
 
     secret = settings.cron_secret.get_secret_value() if settings.cron_secret else ""
@@ -130,6 +125,16 @@ def _housekeeping(queue: Queue, settings: Settings) -> dict[str, int]:
     except DatabaseError as exc:
         logger.warning("retention step failed: {}", type(exc).__name__)
     return pruned
+
+
+def config_error_response(request: Request, exc: ConfigError) -> JSONResponse:
+    """The 500 for settings that did not load: only a caller holding the secret learns
+    what is misconfigured; the logs say it in every case."""
+    raw_secret = os.environ.get("CRON_SECRET", "")
+    if not raw_secret or not is_authorized(request, raw_secret):
+        logger.error("configuration error: {}", exc)
+        return JSONResponse({"error": "server misconfigured; see the function's logs"}, status_code=500)
+    return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
 
 
 app = Starlette(routes=[Route("/api/cron", run_cron, methods=["GET"])])

@@ -18,7 +18,6 @@ uptime check alerts), 500 when CRON_SECRET is not configured, and 503 with
 
 from __future__ import annotations
 
-import os
 import threading
 
 from loguru import logger
@@ -32,7 +31,7 @@ from examq.errors import ConfigError, DatabaseError
 from examq.local import open_queue
 from examq.log import configure_logging
 from examq.queue import Queue
-from functions.cron import is_authorized
+from functions.cron import config_error_response, is_authorized
 
 HEALTH_TIMEOUT_SECONDS = 5.0
 
@@ -56,12 +55,7 @@ def health(request: Request) -> JSONResponse:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        # As /api/cron: only a caller holding the secret learns what is misconfigured.
-        raw_secret = os.environ.get("CRON_SECRET", "")
-        if not raw_secret or not is_authorized(request, raw_secret):
-            logger.error("configuration error: {}", exc)
-            return JSONResponse({"error": "server misconfigured; see the function's logs"}, status_code=500)
-        return JSONResponse({"error": f"configuration: {exc}"}, status_code=500)
+        return config_error_response(request, exc)
     configure_logging(settings.log_format, settings.log_level, settings=settings)
 
     secret = settings.cron_secret.get_secret_value() if settings.cron_secret else ""

@@ -229,7 +229,10 @@ def _user_transport(settings: ExamSettings, token: str) -> Any:
                 "SUPABASE_ANON_KEY",
                 "must be set for the jobs API to call Supabase as the user",
             )
-        _check_user_claims(token)
+        # The claims only: the signing key is PostgREST's to check (it may be
+        # asymmetric, unknown here). This spares a request, and the caller a 400 about
+        # their body, when the token is plainly not a signed-in user's.
+        verify_access_token(token, None)
         return user_supabase_transport(
             settings.supabase_url, settings.supabase_anon_key.get_secret_value(), token
         )
@@ -242,16 +245,6 @@ def _user_transport(settings: ExamSettings, token: str) -> Any:
     claims = verify_access_token(token, settings.supabase_jwt_secret.get_secret_value())
     url = settings.database_url or local.database_url(settings, prepare=False)
     return UserPsycopgTransport(url, claims)
-
-
-def _check_user_claims(token: str) -> None:
-    """Refuse a token whose claims cannot be a signed-in user's, without its signature.
-
-    Over the Supabase API the project's signing key is PostgREST's to check (it may
-    be asymmetric, unknown here); this only spares a request to it, and the caller
-    a 400 about their body, when the token is plainly not a session's.
-    """
-    verify_access_token(token, None)
 
 
 def _database_error(exc: DatabaseError) -> JSONResponse:

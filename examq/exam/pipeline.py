@@ -129,7 +129,7 @@ def chain_status(jobs: list[dict[str, Any]]) -> str:
     statuses = [job["status"] for job in jobs]
     if any(status == "dead" for status in statuses):
         return "failed"
-    if all(status in ("queued", "waiting") and not job.get("attempt") for status, job in zip(statuses, jobs)):
+    if all(job["status"] in ("queued", "waiting") and not job.get("attempt") for job in jobs):
         return "queued"
     if any(status not in FINAL for status in statuses):
         return "running"
