@@ -127,7 +127,7 @@ def measure_processing(
     started = time.perf_counter()
     done, elapsed = 0, 0.0
     while True:
-        time.sleep(0.05)
+        time.sleep(0.1)
         done = system.finished() - before
         elapsed = time.perf_counter() - started
         if done >= jobs or elapsed >= seconds:

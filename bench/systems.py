@@ -105,8 +105,23 @@ class System:
         self.install()
 
     def drop(self) -> None:
+        conn = getattr(self, "_poll_conn", None)
+        if conn is not None:
+            conn.close()
         with psycopg.connect(self.server_url, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{self.db_name}" with (force)')
+
+    def scalar(self, statement: str) -> Any:
+        """The one value of a query, over a connection kept for such reads.
+
+        The processing workloads poll a count while the workers run: a connection per
+        poll would cost the server a backend start each time, load that falls on the
+        systems under test.
+        """
+        conn = getattr(self, "_poll_conn", None)
+        if conn is None or conn.closed:
+            conn = self._poll_conn = psycopg.connect(self.db_url, autocommit=True)
+        return conn.execute(statement).fetchone()[0]
 
     def sql(self, statement: str, params: Any = None) -> list[tuple]:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
@@ -219,9 +234,7 @@ class ExamqSystem(System):
             self.enqueued += len(chunk)
 
     def finished(self) -> int:
-        return self.sql("select count(*) from public.jobs where status = 'succeeded'")[
-            0
-        ][0]
+        return self.scalar("select count(*) from public.jobs where status = 'succeeded'")
 
     def fill(self, queued: int, finished: int) -> None:
         # Set-based, without the history rows and foreign-key checks (replica role):
@@ -320,7 +333,7 @@ class PlainSystem(System):
         self.enqueued += len(payloads)
 
     def finished(self) -> int:
-        return self.sql("select count(*) from plain_jobs where status = 2")[0][0]
+        return self.scalar("select count(*) from plain_jobs where status = 2")
 
     def fill(self, queued: int, finished: int) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
@@ -411,7 +424,7 @@ class PgQueuerSystem(System):
 
     def finished(self) -> int:
         # Finished jobs leave the queue table (and are logged in pgqueuer_log).
-        queued = self.sql("select count(*) from pgqueuer")[0][0]
+        queued = self.scalar("select count(*) from pgqueuer")
         return self.enqueued - queued
 
     def fill(self, queued: int, finished: int) -> None:
@@ -503,9 +516,7 @@ class ProcrastinateSystem(System):
         self.enqueued += len(payloads)
 
     def finished(self) -> int:
-        return self.sql(
-            "select count(*) from procrastinate_jobs where status = 'succeeded'"
-        )[0][0]
+        return self.scalar("select count(*) from procrastinate_jobs where status = 'succeeded'")
 
     def fill(self, queued: int, finished: int) -> None:
         with psycopg.connect(self.db_url, autocommit=True) as conn:

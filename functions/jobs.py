@@ -22,13 +22,15 @@ verifies the signature at the enqueue; before that, a token whose claims cannot 
 signed-in user's (malformed, expired, an anon or service key) is refused here.
 
 Errors: 401 for a missing or invalid token, 400 for a bad body or payload (with the
-reason), 403 when the user may not do this, 413 for a payload over the tier's
-limit, 429 when the queued-job quota is reached, 500 for missing configuration
-(naming the variable), 503 when the database is unreachable.
+reason), 403 when the user may not do this, 413 for a payload over the tier's limit
+or a body over ``EXAMQ_MAX_INPUT_BYTES``, 429 when the queued-job quota is reached,
+500 for missing configuration (naming the variable), 503 when the database is
+unreachable.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -132,8 +134,11 @@ async def submit_jobs(request: Request) -> JSONResponse:
         logger.error("jobs API misconfigured: {}", exc)
         return _error(500, f"configuration: {exc}")
 
+    raw = await _read_body(request, settings.max_input_bytes)
+    if isinstance(raw, JSONResponse):
+        return raw
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         return _error(400, "the body must be JSON")
     except RecursionError:
@@ -157,6 +162,29 @@ async def submit_jobs(request: Request) -> JSONResponse:
     return await run_in_threadpool(
         _enqueue_and_kick, settings, transport, steps, body.get("idempotency_key")
     )
+
+
+async def _read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The request body, or a 413 once it is known to exceed ``limit`` bytes.
+
+    A declared length over the limit is refused before anything is read, and a body
+    sent without one is read only up to the limit, so an oversized upload costs the
+    function neither the time nor the memory of receiving it whole.
+    """
+    too_large = _error(
+        413, f"the body is over {limit} bytes, the most this API accepts (EXAMQ_MAX_INPUT_BYTES)"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        return too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _check_body(body: Any) -> str | None:

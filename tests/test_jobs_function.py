@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -223,6 +225,41 @@ def test_jobs_api_answers_413_for_a_payload_over_the_tier_limit(client) -> None:
 
     assert response.status_code == 413
     assert "the free tier accepts at most" in response.json()["error"]
+
+
+def test_jobs_api_refuses_a_body_over_the_input_limit(client, monkeypatch, sql) -> None:
+    monkeypatch.setenv("EXAMQ_MAX_INPUT_BYTES", "4096")
+    body = {"job_type": "system.noop", "payload": {"x": "y" * 5000}}
+
+    response = post(client, body, token())
+
+    assert response.status_code == 413, response.text
+    assert "over 4096 bytes" in response.json()["error"]
+    assert "EXAMQ_MAX_INPUT_BYTES" in response.json()["error"]
+    assert sql.execute("select count(*) from jobs").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_an_oversized_body_is_not_read_past_the_limit(declared: bool) -> None:
+    from starlette.requests import Request
+
+    chunk = b"x" * 1024
+    received: list[int] = []
+
+    async def receive() -> dict:
+        received.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": len(received) < 100}
+
+    headers = [(b"content-length", b"102400")] if declared else []
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+    # In a thread of its own: a test before may have left this thread's event loop running.
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(asyncio.run, jobs_function._read_body(request, 4096)).result()
+
+    assert answer.status_code == 413
+    # A declared length says it all; otherwise reading stops at the first chunk past it.
+    assert len(received) == (0 if declared else 5)
 
 
 def test_jobs_api_without_a_jwt_secret_is_a_500_naming_it(client, monkeypatch) -> None:

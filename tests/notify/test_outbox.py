@@ -67,6 +67,80 @@ def test_no_notification_when_the_preference_is_off(queue, outbox, sql):
     assert outbox_rows(sql) == []
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"email": False, "slack": True, "slack_webhook_url": USER_WEBHOOK},
+            {"email": "turned e-mail notifications off"},
+        ),
+        ({"email": True, "slack": False}, {"slack": "turned Slack notifications off"}),
+        (
+            {"slack": True, "slack_webhook_url": USER_WEBHOOK, "events": ["succeeded"]},
+            {
+                "email": "no longer wants notifications of failed jobs",
+                "slack": "no longer wants notifications of failed jobs",
+            },
+        ),
+        (
+            {
+                "slack": True,
+                "slack_webhook_url": USER_WEBHOOK,
+                "events": ["failed"],
+                "job_types": ["exam.report"],
+            },
+            {
+                "email": "notifications of system.noop jobs",
+                "slack": "notifications of system.noop jobs",
+            },
+        ),
+    ],
+)
+def test_preferences_changed_after_the_row_was_written_are_followed_when_sending(
+    queue, outbox, sql, change, reason
+):
+    notify_everything(outbox, slack=True, slack_webhook_url=USER_WEBHOOK)
+    job = finish_job(queue, "dead")
+    assert {r["channel"] for r in outbox_rows(sql)} == {"email", "slack"}
+
+    outbox.set_preferences(PRO_USER, **change)
+    claimed = outbox.claim("d1", 10)
+
+    assert {n.channel for n in claimed} == {"email", "slack"} - set(reason)
+    rows = {r["channel"]: r for r in outbox_rows(sql, "job_id = %s", (job.id,))}
+    for channel, why in reason.items():
+        assert rows[channel]["status"] == "skipped"
+        assert why in rows[channel]["last_error"]
+    # A skipped row is finished: no later claim takes it.
+    assert outbox.claim("d2", 10) == []
+
+
+def test_a_success_notification_follows_a_raised_run_time_threshold(queue, outbox, sql):
+    notify_everything(outbox)  # every success, however short
+    job = finish_job(queue, "succeeded")
+    [row] = outbox_rows(sql, "job_id = %s", (job.id,))
+    assert row["status"] == "pending"
+
+    outbox.set_preferences(PRO_USER, events=["succeeded"], success_min_seconds=600)
+
+    assert outbox.claim("d1", 10) == []
+    [row] = outbox_rows(sql, "job_id = %s", (job.id,))
+    assert row["status"] == "skipped"
+    assert "ran 600 seconds or more" in row["last_error"]
+
+
+def test_admin_alerts_are_not_skipped_by_an_owner_preference(queue, outbox, sql):
+    outbox.set_preferences(PRO_USER, email=False)
+    sql.execute(
+        "insert into notification_outbox (audience, channel, kind, details) "
+        "values ('admins', 'slack', 'alert.dead_letter', '{}')"
+    )
+
+    [claimed] = outbox.claim("d1", 10)
+
+    assert claimed.audience == "admins"
+
+
 def test_system_jobs_notify_nobody(queue, sql):
     finish_job(queue, "dead", user_id=None)
 
