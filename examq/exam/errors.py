@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pydantic import ValidationError
+
 from examq.errors import PermanentError
 
 
@@ -18,3 +23,36 @@ class ExamInputError(PermanentError):
         super().__init__(message)
         self.question = question
         self.line = line
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The model's complaint in one line: the field of the part at fault, and why."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in (exc.title, *error["loc"]))
+        found = f" (found {_shorten(repr(error['input']))})" if error["loc"] else ""
+        problems.append(f"{where}: {error['msg']}{found}")
+    return "; ".join(problems)
+
+
+@contextmanager
+def question_values(file: str, label: str, *, noun: str = "question") -> Iterator[None]:
+    """Turn a value of the question's data that the exam model refuses into an
+    ExamInputError naming the file, the question and the field.
+
+    The importers check what their format's rules say; this catches the rest (a
+    number that overflows once divided, say), so such a file is refused for good
+    instead of failing a job as if the fault were passing.
+    """
+    try:
+        yield
+    except ValidationError as exc:
+        raise ExamInputError(
+            f"{file}: {noun} {label} has a value examq cannot use: "
+            + describe_validation_error(exc),
+            question=label,
+        ) from exc
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

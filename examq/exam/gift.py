@@ -37,7 +37,7 @@ from lark.exceptions import (
 )
 
 from examq.exam import moodle_rules
-from examq.exam.errors import ExamInputError
+from examq.exam.errors import ExamInputError, question_values
 from examq.exam.model import (
     BLANK,
     Choice,
@@ -56,6 +56,7 @@ from examq.exam.model import (
     TrueFalse,
     choice_letter,
 )
+from examq.exam.text import finite_number, shorten
 
 _GRAMMAR = Path(__file__).with_name("gift.lark")
 
@@ -169,11 +170,13 @@ class _Answer:
 
 @dataclass
 class _Numeric:
+    """A numeric answer as written; its numbers are read (and checked) by _numerical."""
+
     weight: float | None
-    value: float | None = None
-    tolerance: float | None = None
-    low: float | None = None
-    high: float | None = None
+    value: str | None = None
+    tolerance: str | None = None
+    low: str | None = None
+    high: str | None = None
     feedback: str | None = None
 
 
@@ -277,17 +280,15 @@ class _ToParts(Transformer):
         return _WrongFeedback(feedback)
 
     def numeric_exact(self, value: Token) -> dict[str, _Numeric]:
-        return {"spec": _Numeric(weight=None, value=float(value), tolerance=0.0)}
+        return {"spec": _Numeric(weight=None, value=str(value), tolerance="0")}
 
     def numeric_tolerance(self, value: Token, tolerance: Token) -> dict[str, _Numeric]:
         return {
-            "spec": _Numeric(
-                weight=None, value=float(value), tolerance=float(tolerance)
-            )
+            "spec": _Numeric(weight=None, value=str(value), tolerance=str(tolerance))
         }
 
     def numeric_range(self, low: Token, high: Token) -> dict[str, _Numeric]:
-        return {"spec": _Numeric(weight=None, low=float(low), high=float(high))}
+        return {"spec": _Numeric(weight=None, low=str(low), high=str(high))}
 
     @v_args(inline=False)
     def choices(self, items: list[_Answer]) -> tuple[str, list[_Answer]]:
@@ -388,19 +389,20 @@ def _build(
     }
     kind, body = parts.answers
 
-    if kind == "essay":
-        return Essay(**common)
-    if kind == "truefalse":
-        return _truefalse(common, body, label, file)
-    if kind == "numeric":
-        return _numerical(common, body, label, file)
-    answers: list[_Answer] = body
+    with question_values(file, label):
+        if kind == "essay":
+            return Essay(**common)
+        if kind == "truefalse":
+            return _truefalse(common, body, label, file)
+        if kind == "numeric":
+            return _numerical(common, body, label, file)
+        answers: list[_Answer] = body
 
-    if any(a.mark == "~" for a in answers):
-        return _multichoice(common, answers, label, file)
-    if any(a.arrow for a in answers):
-        return _matching(common, answers, label, file)
-    return _short_answer(common, answers, label, file)
+        if any(a.mark == "~" for a in answers):
+            return _multichoice(common, answers, label, file)
+        if any(a.arrow for a in answers):
+            return _matching(common, answers, label, file)
+        return _short_answer(common, answers, label, file)
 
 
 def _label(title: str | None, stem: str, line: int) -> str:
@@ -430,10 +432,11 @@ def _truefalse(common: dict[str, Any], body: Any, label: str, file: str) -> True
 
 def _numerical(common: dict[str, Any], body: Any, label: str, file: str) -> Numerical:
     entries, wrong_feedback = body
-    for entry in entries:
-        if entry.low is not None and entry.high is not None and entry.low > entry.high:
+    numbers = [_numbers(entry, label, file) for entry in entries]
+    for value, tolerance, low, high in numbers:
+        if low is not None and high is not None and low > high:
             raise ExamInputError(
-                f"{file}: numerical question {label} has the range {entry.low:g}..{entry.high:g},"
+                f"{file}: numerical question {label} has the range {low:g}..{high:g},"
                 " whose minimum is above its maximum",
                 question=label,
             )
@@ -442,19 +445,47 @@ def _numerical(common: dict[str, Any], body: Any, label: str, file: str) -> Nume
     )
     answers = [
         NumericAnswer(
-            value=e.value,
-            tolerance=abs(e.tolerance) if e.tolerance is not None else None,
-            low=e.low,
-            high=e.high,
+            value=value,
+            tolerance=abs(tolerance) if tolerance is not None else None,
+            low=low,
+            high=high,
             weight=weight,
             feedback=e.feedback or None,
         )
-        for e, weight in zip(entries, weights, strict=True)
+        for e, (value, tolerance, low, high), weight in zip(
+            entries, numbers, weights, strict=True
+        )
     ]
     if wrong_feedback is not None:
         # Moodle stores "~#feedback" as a zero-credit answer accepting any number.
         answers.append(NumericAnswer(weight=0.0, feedback=wrong_feedback or None))
     return Numerical(**common, answers=answers)
+
+
+def _numbers(
+    entry: _Numeric, label: str, file: str
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """The value, tolerance, minimum and maximum of a numeric answer, each finite."""
+    numbers: list[float | None] = []
+    for what, raw in (
+        ("value", entry.value),
+        ("tolerance", entry.tolerance),
+        ("minimum", entry.low),
+        ("maximum", entry.high),
+    ):
+        if raw is None:
+            numbers.append(None)
+            continue
+        try:
+            numbers.append(finite_number(raw))
+        except ValueError as exc:
+            raise ExamInputError(
+                f"{file}: numerical question {label} has the {what} {shorten(raw, 40)},"
+                " which is not a finite number",
+                question=label,
+            ) from exc
+    value, tolerance, low, high = numbers
+    return value, tolerance, low, high
 
 
 def _multichoice(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import re
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
-from examq.exam.errors import ExamInputError
+from pydantic import ValidationError
+
+from examq.exam.errors import ExamInputError, describe_validation_error
 from examq.exam.gift import parse_gift
 from examq.exam.keys import parse_key_csv
 from examq.exam.model import Exam
@@ -56,7 +62,8 @@ def import_exam(
     """Parse an exam file in the given format (detected when None) into the exam model.
 
     Raises ExamInputError naming the file for an unknown format, a text file that is
-    not UTF-8, or any problem its importer finds.
+    not UTF-8, or any problem its importer finds, including a malformed input no
+    importer check foresaw (see ``_refused_as_input``).
     """
     if exam_format is not None and exam_format not in FORMATS:
         raise ExamInputError(
@@ -64,14 +71,46 @@ def import_exam(
         )
     chosen = exam_format or detect_format(data, name)
 
-    if chosen == "moodle_xml":
-        return parse_moodle_xml(data, name=name, title=title)
-    if chosen == "qti":
-        return parse_qti(data, name=name, title=title)
-    text = decode_text(data, name)
-    if chosen == "gift":
-        return parse_gift(text, name=name, title=title)
-    return parse_key_csv(text, name=name, title=title)
+    with _refused_as_input(name):
+        if chosen == "moodle_xml":
+            return parse_moodle_xml(data, name=name, title=title)
+        if chosen == "qti":
+            return parse_qti(data, name=name, title=title)
+        text = decode_text(data, name)
+        if chosen == "gift":
+            return parse_gift(text, name=name, title=title)
+        return parse_key_csv(text, name=name, title=title)
+
+
+@contextmanager
+def _refused_as_input(name: str) -> Iterator[None]:
+    """Turn the exceptions that only a file's content can cause into ExamInputError.
+
+    The importers refuse what they know to be wrong with a message of their own; this
+    is the backstop for what they did not foresee. Without it such a file would fail
+    its job with a raw traceback and be retried as if the fault were passing, though
+    every attempt fails the same way. Only exception kinds that data drives are
+    caught: a value the exam model refuses, a damaged zip archive or deflate stream,
+    text that cannot be decoded or an unknown encoding. KeyError, IndexError,
+    TypeError and the like are programming errors and propagate.
+    """
+    try:
+        yield
+    except ValidationError as exc:
+        raise ExamInputError(
+            f"{name}: the exam cannot be built from it: "
+            + describe_validation_error(exc)
+        ) from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error) as exc:
+        raise ExamInputError(f"{name}: the zip archive is damaged: {exc}") from exc
+    except UnicodeError as exc:
+        raise ExamInputError(f"{name}: its text cannot be decoded: {exc}") from exc
+    except LookupError as exc:
+        if isinstance(exc, KeyError | IndexError):
+            raise
+        raise ExamInputError(
+            f"{name} names an encoding examq does not know: {exc}"
+        ) from exc
 
 
 def decode_text(data: bytes, name: str) -> str:

@@ -216,7 +216,7 @@ class Exam(_Strict):
     def _unique_ids(self) -> Exam:
         seen: dict[str, str] = {}
         for question in self.questions:
-            folded = question.id.strip().casefold()
+            folded = id_key(question.id)
             if folded in seen:
                 raise ValueError(f"two questions have the id {question.id!r}")
             seen[folded] = question.id
@@ -225,6 +225,13 @@ class Exam(_Strict):
     def gradable(self) -> list[Question]:
         """The questions that are scored automatically (all but essays)."""
         return [q for q in self.questions if q.type != "essay"]
+
+
+def id_key(question_id: str) -> str:
+    """The form of a question id that uniqueness is checked on: ids differing only in
+    case or surrounding spaces name the same question (a responses column matches
+    either)."""
+    return question_id.strip().casefold()
 
 
 def choice_letter(index: int) -> str:

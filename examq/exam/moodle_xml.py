@@ -14,11 +14,12 @@ calculated, drag and drop, ...) are refused by name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from xml.etree.ElementTree import Element
 
 from examq.exam import moodle_rules
-from examq.exam.errors import ExamInputError
+from examq.exam.errors import ExamInputError, question_values
 from examq.exam.model import (
     Choice,
     Essay,
@@ -35,9 +36,14 @@ from examq.exam.model import (
     TextFormat,
     TrueFalse,
     choice_letter,
+    id_key,
 )
-from examq.exam.text import html_to_text
+from examq.exam.text import finite_number, html_to_text, shorten
 from examq.exam.xml import child, children, local_name, parse_xml
+
+# Builds one question from its element, the fields every question has, its label
+# and the file's name.
+_Builder = Callable[[Element, dict[str, Any], str, str], Question]
 
 _FORMATS: dict[str, TextFormat] = {
     "html": "html",
@@ -62,7 +68,7 @@ def parse_moodle_xml(
             f"{name}: a Moodle XML file has a <quiz> root, not <{local_name(root)}>"
         )
 
-    questions: list[Question] = []
+    gradable: list[tuple[Element, str, str | None, _Builder]] = []
     warnings: list[str] = []
     category: str | None = None
     for position, element in enumerate(children(root, "question"), start=1):
@@ -84,12 +90,19 @@ def parse_moodle_xml(
                 f" (it grades {', '.join(sorted(_BUILDERS))})",
                 question=label,
             )
-        common = _common(element, len(questions) + 1, category, label, name)
-        questions.append(builder(element, common, label, name))
-
-    if not questions:
+        gradable.append((element, label, category, builder))
+    if not gradable:
         raise ExamInputError(f"{name}: the file has no questions examq can grade")
-    _check_unique_ids(questions)
+
+    ids = _question_ids([_idnumber(entry[0]) for entry in gradable])
+    questions: list[Question] = []
+    for (element, label, category, builder), question_id in zip(
+        gradable, ids, strict=True
+    ):
+        with question_values(name, label):
+            common = _common(element, question_id, category, label, name)
+            questions.append(builder(element, common, label, name))
+    _check_unique_ids(questions, name)
     return Exam(
         title=title, source_format="moodle_xml", questions=questions, warnings=warnings
     )
@@ -120,10 +133,11 @@ def _number(element: Element, tag: str, default: float, label: str, file: str) -
     if node is None or not (node.text or "").strip():
         return default
     try:
-        return float(node.text.strip())
+        return finite_number(node.text.strip())
     except ValueError as exc:
         raise ExamInputError(
-            f"{file}: question {label} has <{tag}> {node.text.strip()!r}, not a number",
+            f"{file}: question {label} has <{tag}> {shorten(node.text.strip(), 40)!r},"
+            " not a finite number",
             question=label,
         ) from exc
 
@@ -131,26 +145,54 @@ def _number(element: Element, tag: str, default: float, label: str, file: str) -
 def _fraction(answer: Element, label: str, file: str) -> float:
     raw = answer.get("fraction", "0").strip() or "0"
     try:
-        return float(raw) / 100
+        return finite_number(raw) / 100
     except ValueError as exc:
         raise ExamInputError(
-            f"{file}: question {label} has an answer fraction {raw!r}, not a number",
+            f"{file}: question {label} has an answer fraction {shorten(raw, 40)!r},"
+            " not a finite number",
             question=label,
         ) from exc
 
 
+def _idnumber(element: Element) -> str:
+    node = child(element, "idnumber")
+    return (node.text or "").strip() if node is not None else ""
+
+
+def _question_ids(idnumbers: list[str]) -> list[str]:
+    """Each question's id: its idnumber, else ``Q`` and its position.
+
+    A made-up id must not take an idnumber the file gives, or the two questions would
+    be refused as duplicates (and a responses column could go to the wrong one). A
+    question whose ``Q<position>`` is given to another gets the next ``Q<n>`` that no
+    question has or would have, so every other question keeps its id.
+    """
+    given = {id_key(idnumber) for idnumber in idnumbers if idnumber}
+    taken = given | {
+        id_key(f"Q{position}")
+        for position, idnumber in enumerate(idnumbers, start=1)
+        if not idnumber
+    }
+    ids: list[str] = []
+    for position, idnumber in enumerate(idnumbers, start=1):
+        made_up = f"Q{position}"
+        if not idnumber and id_key(made_up) in given:
+            number = position + 1
+            while id_key(f"Q{number}") in taken:
+                number += 1
+            made_up = f"Q{number}"
+            taken.add(id_key(made_up))
+        ids.append(idnumber or made_up)
+    return ids
+
+
 def _common(
-    element: Element, number: int, category: str | None, label: str, file: str
+    element: Element, question_id: str, category: str | None, label: str, file: str
 ) -> dict[str, Any]:
     questiontext = child(element, "questiontext")
     stem_format = _format_of(questiontext, "html")
-    idnumber = (
-        (child(element, "idnumber").text or "").strip()
-        if child(element, "idnumber") is not None
-        else ""
-    )
     return {
-        "id": idnumber or f"Q{number}",
+        "id": question_id,
         "title": html_to_text(_text_of(child(element, "name"))) or None,
         "stem": _text_of(questiontext),
         "stem_format": stem_format,
@@ -271,10 +313,11 @@ def _numerical(
             parsed.append(NumericAnswer(weight=weight, feedback=_feedback(answer)))
             continue
         try:
-            value = float(text)
+            value = finite_number(text)
         except ValueError as exc:
             raise ExamInputError(
-                f"{file}: numerical question {label} has the answer {text!r}, not a number",
+                f"{file}: numerical question {label} has the answer"
+                f" {shorten(text, 40)!r}, not a finite number",
                 question=label,
             ) from exc
         tolerance = abs(_number(answer, "tolerance", 0.0, label, file))
@@ -312,7 +355,7 @@ def _essay(element: Element, common: dict[str, Any], label: str, file: str) -> E
     return Essay(**common)
 
 
-_BUILDERS = {
+_BUILDERS: dict[str, _Builder] = {
     "multichoice": _multichoice,
     "truefalse": _truefalse,
     "shortanswer": _shortanswer,
@@ -322,11 +365,12 @@ _BUILDERS = {
 }
 
 
-def _check_unique_ids(questions: list[Question]) -> None:
+def _check_unique_ids(questions: list[Question], file: str) -> None:
     seen: set[str] = set()
     for question in questions:
-        if question.id.casefold() in seen:
+        if id_key(question.id) in seen:
             raise ExamInputError(
-                f"two questions have the idnumber {question.id!r}; idnumbers must be unique"
+                f"{file}: two questions have the idnumber {question.id!r};"
+                " idnumbers must be unique"
             )
-        seen.add(question.id.casefold())
+        seen.add(id_key(question.id))

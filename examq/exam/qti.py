@@ -22,12 +22,15 @@ response processing examq cannot follow is refused, naming the item.
 from __future__ import annotations
 
 import io
+import lzma
+import math
 import posixpath
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element
 
-from examq.exam.errors import ExamInputError
+from examq.exam.errors import ExamInputError, question_values
 from examq.exam.model import (
     Choice,
     Essay,
@@ -41,8 +44,9 @@ from examq.exam.model import (
     ShortAnswer,
     SingleChoice,
     TextAnswer,
+    id_key,
 )
-from examq.exam.text import collapse_spaces
+from examq.exam.text import collapse_spaces, finite_number, shorten
 from examq.exam.xml import (
     MAX_XML_BYTES,
     child,
@@ -68,6 +72,27 @@ _UNSUPPORTED = {
 # (checked from the zip's directory before anything is extracted).
 _MAX_PACKAGE_FILES = 2000
 _MAX_PACKAGE_BYTES = 50 * 1024 * 1024
+
+# The compression methods zipfile can unpack; others (WinZip's AES, 99) it cannot.
+_ZIP_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+# What zipfile raises on an archive it cannot read: a bad CRC or header, a broken
+# deflate, lzma or bzip2 stream (bz2 raises OSError), a stream that stops early, an
+# offset pointing before the start (ValueError), a zip feature it does not
+# implement. Caught only around zipfile's own calls, where nothing else raises them.
+_DAMAGED_ZIP = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+)
 
 
 @dataclass
@@ -129,8 +154,8 @@ def _package_items(raw: bytes, name: str) -> list[tuple[str, bytes]]:
     """The item files of a content package, in the order its manifest lists them."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile as exc:
-        raise ExamInputError(f"{name} is not a valid zip file: {exc}") from exc
+    except _DAMAGED_ZIP as exc:
+        raise ExamInputError(f"{name}: the zip archive is damaged: {exc}") from exc
     infos = archive.infolist()
     if (
         len(infos) > _MAX_PACKAGE_FILES
@@ -168,22 +193,44 @@ def _package_items(raw: bytes, name: str) -> list[tuple[str, bytes]]:
 
 
 def _read_member(archive: zipfile.ZipFile, member: str, name: str) -> bytes:
+    """A member's bytes; raise ExamInputError naming it if it cannot be unpacked."""
     info = archive.getinfo(member)
     if info.file_size > MAX_XML_BYTES:
         raise ExamInputError(f"{name}: {member} is larger than {MAX_XML_BYTES} bytes")
-    with archive.open(info) as handle:
-        return handle.read(MAX_XML_BYTES + 1)
+    if info.flag_bits & 0x1:
+        raise ExamInputError(
+            f"{name}: {member} is encrypted in the zip archive;"
+            " upload the package without a password"
+        )
+    if info.compress_type not in _ZIP_METHODS:
+        raise ExamInputError(
+            f"{name}: {member} is packed with zip compression method"
+            f" {info.compress_type}, which examq cannot unpack"
+            f" (it reads {', '.join(_ZIP_METHODS.values())})"
+        )
+
+    try:
+        with archive.open(info) as handle:
+            return handle.read(MAX_XML_BYTES + 1)
+    except _DAMAGED_ZIP as exc:
+        raise ExamInputError(
+            f"{name}: the zip archive is damaged: {member} cannot be unpacked ({exc})"
+        ) from exc
 
 
 # Items --------------------------------------------------------------------------
 
 
 def _item(root: Element, file: str) -> Question:
-    identifier = root.get("identifier") or ""
+    identifier = (root.get("identifier") or "").strip()
     label = f"'{root.get('title') or identifier}'"
     if not identifier:
         raise ExamInputError(f"{file}: the item has no identifier", question=label)
+    with question_values(file, label, noun="item"):
+        return _question(root, identifier, label, file)
 
+
+def _question(root: Element, identifier: str, label: str, file: str) -> Question:
     body = child(root, "itemBody")
     if body is None:
         raise ExamInputError(f"{file}: item {label} has no itemBody", question=label)
@@ -225,25 +272,31 @@ def _item(root: Element, file: str) -> Question:
 
 
 def _stem(body: Element, interaction: Element) -> str:
-    """The item's text: the body outside the interaction, then the interaction's prompt."""
-    parts: list[str] = []
+    """The item's text: the body outside the interaction, then the interaction's prompt.
 
-    def walk(element: Element) -> None:
-        if element is interaction:
-            prompt = child(element, "prompt")
+    The tree is walked with a stack rather than by recursion, so a deeply nested body
+    cannot exhaust Python's recursion limit.
+    """
+    parts: list[str] = []
+    pending: list[Element | str] = [body]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        if item is interaction:
+            prompt = child(item, "prompt")
             if prompt is not None:
                 parts.append("".join(prompt.itertext()))
-            if element.tail:
-                parts.append(element.tail)
-            return
-        if element.text:
-            parts.append(element.text)
-        for sub in element:
-            walk(sub)
-        if element is not body and element.tail:
-            parts.append(element.tail)
+            if item.tail:
+                parts.append(item.tail)
+            continue
+        if item.text:
+            parts.append(item.text)
+        tail = [item.tail] if item is not body and item.tail else []
+        # Children first, then the tail: pushed in reverse, popped in order.
+        pending.extend(reversed([*item, *tail]))
 
-    walk(body)
     return collapse_spaces(" ".join(parts))
 
 
@@ -306,11 +359,24 @@ def _declaration(root: Element, identifier: str, label: str, file: str) -> _Decl
 
 def _float(text: str, what: str, label: str, file: str) -> float:
     try:
-        return float(text)
+        return finite_number(text)
     except ValueError as exc:
         raise ExamInputError(
-            f"{file}: item {label} has {what}={text!r}, not a number", question=label
+            f"{file}: item {label} has {what}={shorten(text, 40)!r},"
+            " not a finite number",
+            question=label,
         ) from exc
+
+
+def _identifier(element: Element, label: str, file: str) -> str:
+    """The identifier of a choice, which a response names; QTI requires one."""
+    identifier = (element.get("identifier") or "").strip()
+    if not identifier:
+        raise ExamInputError(
+            f"{file}: item {label} has a {local_name(element)} without an identifier",
+            question=label,
+        )
+    return identifier
 
 
 def _processing(root: Element, declaration: _Declaration, label: str, file: str) -> str:
@@ -363,7 +429,7 @@ def _choice(
         else "inlineChoice"
     )
     options = [
-        (c.get("identifier", ""), collapse_spaces("".join(c.itertext())))
+        (_identifier(c, label, file), collapse_spaces("".join(c.itertext())))
         for c in descendants(interaction, tag)
     ]
     if not options:
@@ -398,19 +464,23 @@ def _choice(
     points = _points(declaration, best, label, file)
     lower = declaration.lower if declaration.lower is not None else worst
     upper = declaration.upper if declaration.upper is not None else best
-    choices = [Choice(id=i, text=t, weight=values[i] / points) for i, t in options]
     if multiple:
         return MultipleResponse(
             **common,
-            choices=choices,
+            choices=[
+                Choice(id=i, text=t, weight=values[i] / points) for i, t in options
+            ],
             points=points,
             min_fraction=lower / points,
             max_fraction=upper / points,
         )
     # A single response's mapped value is clamped too; folding the bounds into the
-    # weights gives the same score.
-    for choice in choices:
-        choice.weight = min(max(choice.weight, lower / points), upper / points)
+    # weights gives the same score. (The weights are built clamped: the model checks
+    # values when it is built, not when a field is changed.)
+    choices = [
+        Choice(id=i, text=t, weight=min(max(values[i], lower), upper) / points)
+        for i, t in options
+    ]
     return SingleChoice(**common, choices=choices, points=points)
 
 
@@ -446,6 +516,12 @@ def _text_entry(
             points=1.0,
         )
 
+    if not numeric and not declaration.entries:
+        # A text answer is scored by the entry it matches; with none, nothing can be.
+        raise ExamInputError(
+            f"{file}: item {label} uses map_response but its mapping has no mapEntry",
+            question=label,
+        )
     best = max([e.value for e in declaration.entries] + [declaration.default_value])
     points = _points(declaration, best, label, file)
     if numeric:
@@ -498,11 +574,11 @@ def _match(
             f"{file}: item {label} needs two simpleMatchSets", question=label
         )
     sources = {
-        c.get("identifier", ""): collapse_spaces("".join(c.itertext()))
+        _identifier(c, label, file): collapse_spaces("".join(c.itertext()))
         for c in children(sets[0], "simpleAssociableChoice")
     }
     targets = {
-        c.get("identifier", ""): collapse_spaces("".join(c.itertext()))
+        _identifier(c, label, file): collapse_spaces("".join(c.itertext()))
         for c in children(sets[1], "simpleAssociableChoice")
     }
 
@@ -551,6 +627,11 @@ def _match(
 def _points(declaration: _Declaration, best: float, label: str, file: str) -> float:
     """The most the item can score: the upper bound if there is one, else the best total."""
     points = best if declaration.upper is None else min(best, declaration.upper)
+    if not math.isfinite(points):
+        raise ExamInputError(
+            f"{file}: item {label} has mapped values too large to add up",
+            question=label,
+        )
     if points <= 0:
         raise ExamInputError(
             f"{file}: item {label} cannot score above 0 with its mapping",
@@ -570,8 +651,8 @@ def _bounded(value: float, declaration: _Declaration) -> float:
 def _check_unique_ids(questions: list[Question], name: str) -> None:
     seen: set[str] = set()
     for question in questions:
-        if question.id.casefold() in seen:
+        if id_key(question.id) in seen:
             raise ExamInputError(
                 f"{name}: two items have the identifier {question.id!r}"
             )
-        seen.add(question.id.casefold())
+        seen.add(id_key(question.id))

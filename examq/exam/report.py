@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -76,20 +77,22 @@ def render_html(
 
 
 def render_scores_csv(result: dict[str, Any]) -> str:
-    """One row per student: id, total, then the points of each gradable question."""
+    """One row per student: id, total, then the points of each gradable question.
+
+    Every cell goes through ``_csv_safe``: item names and student ids come from
+    uploaded files, and a spreadsheet opening the CSV must not run them as formulas.
+    Rows end in CRLF, so the writer quotes a cell holding a bare CR too; with LF
+    endings it would not, and a spreadsheet would start a new row at the CR, the
+    rest of the cell unescaped.
+    """
     items = [item["item"] for item in result["items"]]
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["student", "total", *items])
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow([_csv_safe(cell) for cell in ("student", "total", *items)])
     for student in result["students"]:
         scores = student.get("scores") or []
-        writer.writerow(
-            [
-                _csv_safe(student["student"]),
-                _number(student["total"]),
-                *(_number(s) for s in scores),
-            ]
-        )
+        row = [student["student"], _number(student["total"]), *map(_number, scores)]
+        writer.writerow([_csv_safe(cell) for cell in row])
     return buffer.getvalue()
 
 
@@ -156,6 +159,20 @@ def _percent(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def _csv_safe(value: str) -> str:
-    """Keep a spreadsheet from running a cell as a formula (CSV injection)."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+# A cell a spreadsheet reads as a plain number: it cannot hold a formula, and a
+# negative score must stay a number.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _csv_safe(value: Any) -> str:
+    """Keep a spreadsheet from running a cell as a formula (CSV injection).
+
+    A cell that starts with ``= + - @``, a tab or a carriage return (after any
+    spaces, which some spreadsheets skip) gets a leading apostrophe, unless it is
+    a plain number.
+    """
+    text = str(value)
+    if _PLAIN_NUMBER.fullmatch(text):
+        return text
+    starts_formula = text.lstrip(" ")[:1] in ("=", "+", "-", "@", "\t", "\r")
+    return "'" + text if starts_formula else text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 from html.parser import HTMLParser
 
@@ -68,6 +69,19 @@ def collapse_spaces(text: str) -> str:
 def shorten(text: str, limit: int = 80) -> str:
     """The text cut to ``limit`` characters with an ellipsis when it was longer."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def finite_number(text: str) -> float:
+    """The number ``text`` spells, which must be finite.
+
+    Raises ValueError for text that is not a number, and for ``inf``, ``nan`` and
+    numbers beyond a float's range (``1e999``), which Python's float() accepts but no
+    exam means: a caller names the question and the field.
+    """
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
 
 
 def decode_upload(data: bytes, name: str) -> str:

@@ -33,6 +33,13 @@ def parse_xml(data: bytes | str, name: str) -> Element:
         ) from exc
     except ParseError as exc:
         raise ExamInputError(f"{name} is not well-formed XML: {exc}") from exc
+    except (LookupError, ValueError) as exc:
+        # The XML declaration names the encoding, and the parser looks it up: an
+        # unknown name is a LookupError, a codec it cannot use (multi-byte, or
+        # failing on the bytes) a ValueError or UnicodeError.
+        raise ExamInputError(
+            f"{name} declares an encoding examq cannot read ({exc}); save it as UTF-8"
+        ) from exc
 
 
 def local_name(element: Element) -> str:

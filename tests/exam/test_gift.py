@@ -258,3 +258,26 @@ def test_gift_errors_name_the_line_and_the_problem(
     assert "bad.gift" in str(raised.value)
     for fragment in fragments:
         assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("answers", "field"),
+    [
+        ("{#1e999}", "value 1e999"),
+        ("{#-1e999}", "value -1e999"),
+        ("{#5:1e999}", "tolerance 1e999"),
+        ("{#1..1e999}", "maximum 1e999"),
+        ("{#-1e999..1}", "minimum -1e999"),
+        ("{#=1822:0 =%50%1e999:2}", "value 1e999"),
+    ],
+)
+def test_gift_refuses_a_number_beyond_floats_naming_the_question_and_field(
+    answers: str, field: str
+) -> None:
+    with pytest.raises(ExamInputError) as raised:
+        parse_gift(f"::Q1:: What? {answers}", name="huge.gift")
+
+    message = str(raised.value)
+    assert message.startswith("huge.gift: numerical question 'Q1' (line 1)")
+    assert f"{field}, which is not a finite number" in message
+    assert raised.value.question == "'Q1' (line 1)"

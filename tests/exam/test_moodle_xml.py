@@ -156,3 +156,118 @@ def test_moodle_xml_refuses_dtds_and_entities(document: bytes) -> None:
 def test_moodle_xml_names_malformed_xml() -> None:
     with pytest.raises(ExamInputError, match="broken.xml is not well-formed XML"):
         parse_moodle_xml(b"<quiz><question>", name="broken.xml")
+
+
+def _numerical(answer: str, grade: str = "1") -> bytes:
+    return f"""<quiz><question type="numerical">
+  <name><text>Born</text></name>
+  <questiontext><text>Grant was born in?</text></questiontext>
+  <defaultgrade>{grade}</defaultgrade>
+  {answer}
+</question></quiz>""".encode()
+
+
+@pytest.mark.parametrize(
+    ("document", "fragment"),
+    [
+        (
+            _numerical('<answer fraction="100"><text>1e999</text></answer>'),
+            "the answer '1e999', not a finite number",
+        ),
+        (
+            _numerical('<answer fraction="100"><text>nan</text></answer>'),
+            "the answer 'nan', not a finite number",
+        ),
+        (
+            _numerical(
+                '<answer fraction="100"><text>1822</text><tolerance>nan</tolerance></answer>'
+            ),
+            "<tolerance> 'nan', not a finite number",
+        ),
+        (
+            _numerical(
+                '<answer fraction="100"><text>1822</text><tolerance>-inf</tolerance></answer>'
+            ),
+            "<tolerance> '-inf', not a finite number",
+        ),
+        (
+            _numerical('<answer fraction="100"><text>1822</text></answer>', "1e999"),
+            "<defaultgrade> '1e999', not a finite number",
+        ),
+        (
+            _numerical('<answer fraction="inf"><text>1822</text></answer>'),
+            "answer fraction 'inf', not a finite number",
+        ),
+    ],
+    ids=[
+        "value-overflow",
+        "value-nan",
+        "tolerance-nan",
+        "tolerance-inf",
+        "grade",
+        "fraction",
+    ],
+)
+def test_moodle_xml_refuses_a_number_that_is_not_finite_naming_the_question(
+    document: bytes, fragment: str
+) -> None:
+    with pytest.raises(ExamInputError) as raised:
+        parse_moodle_xml(document, name="born.xml")
+
+    message = str(raised.value)
+    assert message.startswith("born.xml: ") and "'Born' (question 1)" in message
+    assert fragment in message
+    assert raised.value.question == "'Born' (question 1)"
+
+
+@pytest.mark.parametrize("encoding", ["UTF-XX", "shift_jis", "rot13"])
+def test_moodle_xml_refuses_an_encoding_it_cannot_read_naming_it(encoding: str) -> None:
+    document = f'<?xml version="1.0" encoding="{encoding}"?><quiz/>'.encode()
+
+    with pytest.raises(ExamInputError, match="odd.xml declares an encoding") as raised:
+        parse_moodle_xml(document, name="odd.xml")
+
+    assert "save it as UTF-8" in str(raised.value)
+
+
+def _essays(*idnumbers: str | None) -> bytes:
+    questions = "".join(
+        f'<question type="essay"><name><text>E{position}</text></name>'
+        f"<questiontext><text>Explain {position}.</text></questiontext>"
+        + (f"<idnumber>{idnumber}</idnumber>" if idnumber is not None else "")
+        + "</question>"
+        for position, idnumber in enumerate(idnumbers, start=1)
+    )
+    return f"<quiz>{questions}</quiz>".encode()
+
+
+@pytest.mark.parametrize(
+    ("idnumbers", "ids"),
+    [
+        ((None, "Q1"), ["Q2", "Q1"]),
+        ((None, "q1"), ["Q2", "q1"]),
+        ((None, None, " Q1 "), ["Q3", "Q2", "Q1"]),
+        ((None, "Q1", None, "Q4"), ["Q2", "Q1", "Q3", "Q4"]),
+        (("Q2", None, None), ["Q2", "Q4", "Q3"]),
+        ((None, "", "x"), ["Q1", "Q2", "x"]),
+    ],
+)
+def test_moodle_xml_made_up_ids_never_take_an_idnumber_the_file_gives(
+    idnumbers: tuple[str | None, ...], ids: list[str]
+) -> None:
+    exam = parse_moodle_xml(_essays(*idnumbers))
+
+    assert [q.id for q in exam.questions] == ids
+    assert [q.title for q in exam.questions] == [
+        f"E{n}" for n in range(1, len(ids) + 1)
+    ]
+
+
+@pytest.mark.parametrize("idnumbers", [("Q1", "Q1"), ("a", None, " A ")])
+def test_moodle_xml_still_refuses_two_questions_with_one_idnumber(
+    idnumbers: tuple[str | None, ...],
+) -> None:
+    duplicate = "dup.xml: two questions have the idnumber"
+
+    with pytest.raises(ExamInputError, match=duplicate):
+        parse_moodle_xml(_essays(*idnumbers), name="dup.xml")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime
 
+import pytest
+
 from examq.exam.gift import parse_gift
+from examq.exam.keys import parse_key_csv
 from examq.exam.report import render_html, render_scores_csv
 from examq.exam.scoring import score_responses
 from examq.exam.statistics import analyse
@@ -67,3 +72,49 @@ def test_report_csv_has_a_row_per_student_and_defuses_formulas() -> None:
     assert lines[1].startswith("\"'=HYPERLINK(")
     assert lines[2] == "s2,1,0,1,0"
     assert len(lines) == 5
+
+
+def test_report_csv_defuses_formulas_in_item_names_of_the_header() -> None:
+    items = ['=HYPERLINK("http://x")', "@SUM(1+1)", "+cmd", "-2+3"]
+    key, responses = io.StringIO(), io.StringIO()
+    csv.writer(key).writerows([["item", "key"], *([item, "A"] for item in items)])
+    csv.writer(responses).writerows([["student", *items], ["s1", "A", "A", "B", "A"]])
+    scored = score_responses(parse_key_csv(key.getvalue()), responses.getvalue())
+    result = {
+        **analyse(scored),
+        "students": [{"student": "s1", "total": 3.0, "scores": [1.0, 1.0, 0.0, 1.0]}],
+    }
+
+    header = next(csv.reader(io.StringIO(render_scores_csv(result))))
+
+    assert header == ["student", "total", *("'" + item for item in items)]
+
+
+@pytest.mark.parametrize(
+    ("student", "cell"),
+    [
+        ("=1+1", "'=1+1"),
+        ("+1+1", "'+1+1"),
+        ("-1+1", "'-1+1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\r=x", "'\r=x"),
+        ("  =1+1", "'  =1+1"),
+        ("x\r=1+1", "x\r=1+1"),
+        ("x\n=1+1", "x\n=1+1"),
+    ],
+)
+def test_report_csv_defuses_every_cell_but_keeps_numbers_numbers(
+    student: str, cell: str
+) -> None:
+    result = {
+        "items": [{"item": "=A1"}, {"item": "-5"}],
+        "students": [{"student": student, "total": -1.5, "scores": [-2.0, 0.5]}],
+    }
+
+    rows = list(csv.reader(io.StringIO(render_scores_csv(result), newline="")))
+
+    assert rows == [
+        ["student", "total", "'=A1", "-5"],
+        [cell, "-1.500", "-2", "0.500"],
+    ]
