@@ -3,9 +3,10 @@
 A pass is what a cron tick (or a kick after an enqueue) runs. It claims small
 batches while enough of its budget is left, runs each job's handler, and records the
 outcome with ``complete_job`` or ``fail_job``. A background thread extends the lease
-of the running job, so a long handler keeps it; a claimed job that cannot be started
-before the deadline is released without using an attempt. If the process dies, the
-lease expires and the next claim takes the job over: nothing is lost.
+of the running job, so a long handler keeps it. The jobs of a claim waiting behind a
+long one are given back, without using an attempt, once a third of their lease has
+gone by or the budget is nearly spent, even while that job still runs. If the process
+dies, the lease expires and the next claim takes the job over: nothing is lost.
 
 With ``batch_outcomes`` the worker is built for many short jobs: it claims with
 ``claim_job_batch`` and records the successes of a batch with one ``complete_jobs``
@@ -178,27 +179,42 @@ class Worker:
             summary.claimed += len(jobs)
 
             # Every lease of the batch started at the claim: the jobs still waiting
-            # their turn are kept alive too, or a slow first job would let the
-            # leases of the later ones expire before they start.
-            contexts = [self._context(job) for job in jobs]
-            stop_beating = self._keep_alive(contexts)
-            index = 0
+            # their turn are kept alive too until they start or go back to the queue.
+            contexts = {job.id: self._context(job) for job in jobs}
+            stop_beating = self._keep_alive(list(contexts.values()))
+            backlog = _Backlog(
+                self,
+                jobs,
+                release_at=self._release_moment(jobs, deadline, budget_seconds),
+                log=log,
+                on_release=lambda released: [
+                    setattr(contexts[job.id], "finished", True) for job in released
+                ],
+            )
+            running: Job | None = None
+            started_any = False
             try:
-                for index, (job, context) in enumerate(zip(jobs, contexts)):
-                    if time.monotonic() >= deadline - self._claim_margin(budget_seconds) and index > 0:
-                        for waiting in contexts[index:]:
-                            waiting.finished = True
-                        self._release_rest(jobs[index:], summary, log)
+                while True:
+                    # The first job of a claim always runs; the others only in time.
+                    if started_any and backlog.overdue():
+                        backlog.release_now()
                         break
-                    self.run_job(job, summary, context=context)
+                    running = backlog.take()
+                    if running is None:
+                        break
+                    started_any = True
+                    self.run_job(running, summary, context=contexts[running.id])
+                    running = None
             except KeyboardInterrupt:
                 # Stopped (Ctrl-C, SIGTERM): the interrupted job and those not started
                 # go back to the queue at once instead of waiting out their leases.
-                for waiting in contexts[index:]:
-                    waiting.finished = True
-                self._release_rest(jobs[index:], summary, log)
+                if running is not None:
+                    contexts[running.id].finished = True
+                    backlog.put_back(running)
+                backlog.release_now()
                 raise
             finally:
+                backlog.close(summary)
                 stop_beating()
 
         summary.seconds = time.monotonic() - started
@@ -211,6 +227,12 @@ class Worker:
         # the last job has time to finish before the function is stopped.
         return min(10.0, budget_seconds / 5)
 
+    def _release_moment(self, jobs: list[Job], deadline: float, budget_seconds: float) -> float:
+        """When the unstarted jobs of a claim go back: the budget nearly spent, or a third
+        of their shortest lease gone by, whichever comes first (monotonic time)."""
+        lease_seconds = min(_lease_seconds(job) for job in jobs)
+        return min(deadline - self._claim_margin(budget_seconds), time.monotonic() + lease_seconds / 3)
+
     def _release_rest(self, jobs: list[Job], summary: PassSummary, log: Any) -> None:
         # One call for the whole rest of a batch: hundreds of short jobs given back one
         # transaction each would take longer than running them.
@@ -222,7 +244,7 @@ class Worker:
                     summary.cancelled += 1
                 else:
                     summary.lease_lost += 1
-        log.info("budget spent; released unstarted jobs", released=len(jobs))
+        log.info("released unstarted jobs", released=len(jobs))
 
     def _context(self, job: Job) -> Any:
         context: Any = _RunningJob(self.queue, job, self.progress_interval_seconds)
@@ -370,26 +392,36 @@ class Worker:
                 if not jobs:
                     break
                 summary.claimed += len(jobs)
-                claimed_at = time.monotonic()
                 lease_seconds = min(_lease_seconds(job) for job in jobs)
                 recorder.set_tick(lease_seconds / 3)
-
-                index = 0
+                backlog = _Backlog(
+                    self, jobs, release_at=self._release_moment(jobs, deadline, budget_seconds), log=log
+                )
+                running: Job | None = None
+                started_any = False
                 try:
-                    for index, job in enumerate(jobs):
+                    while True:
                         # Jobs not started within a third of their lease, or once the
                         # budget is nearly spent, go back to the queue unused.
-                        now = time.monotonic()
-                        if index > 0 and (now >= deadline - margin or now - claimed_at > lease_seconds / 3):
+                        if started_any and backlog.overdue():
                             recorder.flush()
-                            self._release_rest(jobs[index:], summary, log)
+                            backlog.release_now()
                             break
-                        recorder.run(job)
+                        running = backlog.take()
+                        if running is None:
+                            break
+                        started_any = True
+                        recorder.run(running)
+                        running = None
                 except KeyboardInterrupt:
                     # Stopped: record what finished, give back the rest at once.
                     recorder.flush()
-                    self._release_rest(jobs[index:], summary, log)
+                    if running is not None:
+                        backlog.put_back(running)
+                    backlog.release_now()
                     raise
+                finally:
+                    backlog.close(summary)
                 recorder.flush()
         finally:
             recorder.close()
@@ -397,6 +429,85 @@ class Worker:
         summary.seconds = time.monotonic() - started
         log.info("worker pass finished", **summary.as_dict())
         return summary
+
+
+class _Backlog:
+    """The jobs of one claim that have not started, given back if they wait too long.
+
+    A pass runs the jobs of a claim one after another, so a long job holds the jobs
+    behind it: they stay ``running``, counted against their owners' caps and out of
+    every other worker's reach, and if the process is stopped meanwhile (a function
+    past its maximum duration) their leases expire and each loses an attempt it never
+    used. A timer gives back, with their attempts, the jobs still waiting at
+    ``release_at``: when the pass's budget is nearly spent or a third of their lease
+    has gone by. The pass takes its jobs from here, so a job is either started or
+    given back, never both.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        jobs: list[Job],
+        *,
+        release_at: float,
+        log: Any,
+        on_release: Any = None,
+    ) -> None:
+        self._worker = worker
+        self._waiting = list(reversed(jobs))  # popped from the end: claim order
+        self._release_at = release_at
+        self._log = log
+        self._on_release = on_release
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        # The timer's own counts, added to the pass's by close(): two threads must not
+        # update one summary.
+        self._released = PassSummary()
+        self._thread: threading.Thread | None = None
+        if len(jobs) > 1:
+            self._thread = threading.Thread(target=self._wait, name="examq-backlog", daemon=True)
+            self._thread.start()
+
+    def take(self) -> Job | None:
+        """The next job to start, or None when none is left (or they were given back)."""
+        with self._lock:
+            return self._waiting.pop() if self._waiting else None
+
+    def put_back(self, job: Job) -> None:
+        """Return a taken job, to be released with the rest."""
+        with self._lock:
+            self._waiting.append(job)
+
+    def overdue(self) -> bool:
+        return time.monotonic() >= self._release_at
+
+    def release_now(self, summary: PassSummary | None = None) -> None:
+        """Give back every job still waiting, in one call."""
+        with self._lock:
+            jobs, self._waiting = list(reversed(self._waiting)), []
+        if not jobs:
+            return
+        if self._on_release is not None:
+            self._on_release(jobs)
+        self._worker._release_rest(jobs, summary or self._released, self._log)
+
+    def _wait(self) -> None:
+        if self._closed.wait(max(0.0, self._release_at - time.monotonic())):
+            return
+        try:
+            self.release_now()
+        except DatabaseError as exc:
+            # Their leases run out instead, and the jobs are claimed again then.
+            self._log.warning("giving back unstarted jobs failed: {}", type(exc).__name__)
+
+    def close(self, summary: PassSummary) -> None:
+        """Stop the timer and add what it gave back to ``summary``."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        summary.released += self._released.released
+        summary.cancelled += self._released.cancelled
+        summary.lease_lost += self._released.lease_lost
 
 
 def _lease_seconds(job: Job) -> float:

@@ -130,27 +130,63 @@ def test_unstorable_result_fails_the_job_permanently(queue):
     assert after.status == "dead" and "result cannot be stored" in after.last_error
 
 
-def test_jobs_waiting_in_a_batch_keep_their_leases(queue, sql):
-    first = queue.enqueue("system.noop")
-    second = queue.enqueue("system.noop")
-    expiry_seen = {}
+def _long_job_first(queue, worker):
+    """A long job with two jobs behind it in one claim; the long one runs until the
+    worker gives the others back (bounded), and notes what they looked like then."""
+    long = queue.enqueue("system.noop", {"long": True})
+    behind = [queue.enqueue("system.noop") for _ in range(2)]
+    given_back = threading.Event()
+    seen: dict = {}
+    release_rest = worker._release_rest
+
+    def releasing(jobs, summary, log):
+        release_rest(jobs, summary, log)
+        given_back.set()
 
     def handler(payload, ctx):
-        if ctx.job_id == first.id:
-            # While the first job runs, the second one's lease is extended by the
-            # worker's heartbeat thread; wait (bounded) until that happens.
-            before = queue.get(second.id).lease_expires_at
-            deadline = time.monotonic() + 30
-            while queue.get(second.id).lease_expires_at == before:
-                assert time.monotonic() < deadline, "the waiting job's lease was never extended"
-                time.sleep(0.05)
-            expiry_seen["extended"] = True
+        if payload.get("long"):
+            seen["given_back"] = given_back.wait(30)
+            seen["behind"] = [
+                (job.status, job.attempt, job.lease_token) for job in map(queue.get, [b.id for b in behind])
+            ]
         return {}
 
-    sql.execute("update job_types set lease_seconds = 6 where name = 'system.noop'")
-    summary = Worker(queue, handlers={"system.noop": handler}, batch_size=2).run_pass(30)
+    worker._release_rest = releasing
+    worker.handlers = {"system.noop": handler}
+    return long, behind, seen
 
-    assert summary.succeeded == 2 and expiry_seen == {"extended": True}
+
+@pytest.mark.parametrize("batch_outcomes", [False, True])
+def test_jobs_waiting_behind_a_long_job_go_back_with_their_attempt(queue, sql, batch_outcomes):
+    # A third of a 6 s lease: the jobs behind go back 2 s after the claim, while the
+    # long job still runs, and other workers (here, this pass once the long job ends)
+    # take them.
+    sql.execute("update job_types set lease_seconds = 6 where name = 'system.noop'")
+    worker = Worker(queue, batch_size=3, batch_outcomes=batch_outcomes)
+    long, behind, seen = _long_job_first(queue, worker)
+
+    summary = worker.run_pass(30)
+
+    assert seen["given_back"] is True
+    assert seen["behind"] == [("queued", 0, None)] * 2
+    assert (summary.claimed, summary.released, summary.succeeded) == (5, 2, 3)
+    assert [queue.get(job.id).attempt for job in [long, *behind]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("batch_outcomes", [False, True])
+def test_jobs_waiting_behind_a_long_job_go_back_before_the_budget_ends(queue, batch_outcomes):
+    # A function stopped at its maximum duration while the long job runs must not take
+    # the jobs behind it down too: they are given back once the budget is nearly spent
+    # (here 2 s, less a fifth), not when the long job ends.
+    worker = Worker(queue, batch_size=3, batch_outcomes=batch_outcomes)
+    long, behind, seen = _long_job_first(queue, worker)
+
+    summary = worker.run_pass(2)
+
+    assert seen["given_back"] is True
+    assert seen["behind"] == [("queued", 0, None)] * 2
+    assert (summary.claimed, summary.released, summary.succeeded) == (3, 2, 1)
+    assert [queue.get(job.id).status for job in behind] == ["queued", "queued"]
 
 
 class BlipAfterCommit:
