@@ -118,8 +118,14 @@ class PsycopgTransport:
             try:
                 rows = self._conn.execute(query, values).fetchall()
             except psycopg.OperationalError as exc:
-                self._drop_connection()
-                raise Unavailable(f"database connection failed during {function}: {exc}") from exc
+                if exc.sqlstate is None or self._conn.broken:
+                    self._drop_connection()
+                    raise Unavailable(f"database connection failed during {function}: {exc}") from exc
+                # The server answered (a deadlock, a serialization failure, a statement
+                # timeout): the connection is fine, the error says what happened.
+                raise error_for_sqlstate(
+                    exc.sqlstate, exc.diag.message_primary or str(exc), detail=exc.diag.message_detail
+                ) from exc
             except psycopg.Error as exc:
                 if self._conn.broken:
                     self._drop_connection()

@@ -74,7 +74,8 @@ class PermissionDenied(DatabaseError):
 
 
 class Unavailable(DatabaseError):
-    """The database could not be reached or the connection broke; safe to retry."""
+    """The database could not be reached, the connection broke, or PostgreSQL aborted
+    the call to settle a race (a deadlock, a serialization failure); safe to retry."""
 
 
 # The SQLSTATEs raised by supabase/migrations, each with the exception it becomes.
@@ -90,6 +91,8 @@ SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "EQ007": InvalidInput,
     "EQ008": NotificationNotFound,
     "42501": PermissionDenied,
+    "40P01": Unavailable,  # deadlock detected: this call was the one rolled back
+    "40001": Unavailable,  # serialization failure
     "22P05": InvalidInput,  # untranslatable character (a NUL in text)
     "22P02": InvalidInput,  # invalid text representation
     "22023": InvalidInput,  # invalid parameter value

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from examq.db import PsycopgTransport
-from examq.errors import LeaseLost, Unavailable
+from examq.errors import InvalidState, LeaseLost, Unavailable
 from examq.queue import Queue
 from tests.conftest import ENTERPRISE_USER, FREE_USER, PRO_USER
 
@@ -465,3 +465,48 @@ def test_running_cap_holds_under_concurrent_claims(open_queue, sql, db_url):
             running -= 1
         peak = max(peak, running)
     assert peak <= cap, f"{peak} jobs of one free user were running at once"
+
+
+def test_requeuing_a_chain_step_while_its_parent_is_requeued_does_not_deadlock(
+    open_queue, sql
+):
+    # A two-step chain whose first step died: the second was cancelled with it.
+    steps = [{"job_type": "system.noop"}, {"job_type": "system.noop"}]
+    chain = sql.execute(
+        "select enqueue_chain(%s::jsonb, null, %s)", (psycopg.types.json.Jsonb(steps), PRO_USER)
+    ).fetchone()[0]
+    parent, step = (job["id"] for job in chain["jobs"])
+    worker = open_queue("worker")
+    [claimed] = worker.claim("w", 1)
+    worker.fail(claimed, "bad input", "permanent")
+    assert [worker.get(i).status for i in (parent, step)] == ["dead", "cancelled"]
+
+    # The parent's requeue is under way: its row is locked in an open transaction.
+    admin = psycopg.connect(sql.info.dsn, autocommit=False, application_name="parent-requeue")
+    try:
+        admin.execute("select 1 from jobs where id = %s for update", (parent,))
+        step_requeuer = open_queue("step-requeue")
+        outcome: list[Any] = []
+        thread = threading.Thread(target=lambda: outcome.append(capture(partial(step_requeuer.requeue, step))))
+        thread.start()
+        # The step's requeue waits for the parent's row; it must hold no lock the
+        # parent's requeue needs, or finishing that requeue (which revives the step)
+        # deadlocks.
+        wait_for(
+            lambda: sql.execute(
+                "select count(*) from pg_stat_activity"
+                " where application_name = 'step-requeue' and wait_event_type = 'Lock'"
+            ).fetchone()[0],
+            what="the step's requeue to wait for the parent's row",
+        )
+        admin.execute("select requeue_job(%s)", (parent,))
+        admin.commit()
+    finally:
+        admin.close()
+    thread.join(30)
+
+    [answer] = outcome
+    # The step was revived with its parent, so there is nothing left to requeue.
+    assert isinstance(answer, InvalidState), answer
+    assert "waiting" in str(answer)
+    assert [worker.get(i).status for i in (parent, step)] == ["queued", "waiting"]

@@ -362,8 +362,8 @@ def test_dashboard_teacher_sets_notification_preferences(
     }
     assert saved == (False, False, None, ["succeeded", "failed", "cancelled"], None, 0)
     assert refused.inner_text() == (
-        'Not saved: new row for relation "notification_preferences" violates check '
-        'constraint "notification_preferences_slack_webhook_url_check"'
+        "Not saved: the Slack webhook URL must be an incoming-webhook address, "
+        "https://hooks.slack.com/services/..., of at most 500 characters"
     )
     assert page.locator("#settings-status").inner_text() == ""
     assert preferences_row(db_url, FREE_USER) == saved

@@ -296,10 +296,10 @@ def test_rest_tables_notification_preferences_refuse_a_foreign_webhook(
     )
 
     assert refused.status_code == 400
-    assert refused.json()["code"] == "23514"
+    assert refused.json()["code"] == "EQ007"
     assert refused.json()["message"] == (
-        'new row for relation "notification_preferences" violates check constraint '
-        '"notification_preferences_slack_webhook_url_check"'
+        "the Slack webhook URL must be an incoming-webhook address, "
+        "https://hooks.slack.com/services/..., of at most 500 characters"
     )
     assert for_someone_else.status_code == 403
     assert rows.json() == []
