@@ -59,6 +59,9 @@ BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}\Z")
 # cron pass's budget must end before it, leaving time to record the last outcomes.
 CRON_MAX_DURATION_SECONDS = 60
 
+# EXAMQ_HANDLERS items: a dotted module path, a colon, an attribute name (ASCII).
+HANDLER_SPEC = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
+
 # The smallest EXAMQ_MAX_INPUT_BYTES allowed: an input no larger than this is within
 # every valid limit, so a handler need not read the settings to accept it.
 MIN_INPUT_LIMIT_BYTES = 1024
@@ -98,6 +101,9 @@ class Settings(BaseSettings):
     log_retention: str | int = Field(default="14 days", alias="EXAMQ_LOG_RETENTION")
     # Workers for many short jobs: large claims, successes recorded per batch.
     worker_batch_outcomes: bool = Field(default=False, alias="EXAMQ_WORKER_BATCH_OUTCOMES")
+    # Your own handlers, beside the built-in ones: module:attribute, comma-separated
+    # (examq/handlers/__init__.py).
+    handlers: str | None = Field(default=None, alias="EXAMQ_HANDLERS")
     # GET /api/health: when the queue counts as unhealthy (functions/health.py).
     health_tick_stale_seconds: int = Field(
         default=300, ge=60, le=604800, alias="EXAMQ_HEALTH_TICK_STALE_SECONDS"
@@ -172,6 +178,19 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("handlers", mode="before")
+    @classmethod
+    def _check_handlers(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return None
+        for spec in value.split(","):
+            if not HANDLER_SPEC.match(spec.strip()):
+                raise ValueError(
+                    "must name handler tables as module:attribute, comma-separated"
+                    f" (e.g. myapp.jobs:HANDLERS), not {spec.strip()!r}"
+                )
+        return value.strip()
 
     @field_validator("data_dir", mode="before")
     @classmethod

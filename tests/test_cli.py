@@ -22,8 +22,10 @@ HCI_ALPHA_IF_DELETED = [.704, .710, .701, .715, .705, .699, .722, .701, .711, .7
                         .705, .702, .697, .700, .703, .695, .725, .694, .698, .700]
 
 
-def run_examq(args: list[str], db_url: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_LOG_FORMAT": "text"}
+def run_examq(
+    args: list[str], db_url: str, env_extra: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_LOG_FORMAT": "text", **(env_extra or {})}
     return subprocess.run(
         EXAMQ + args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, **kwargs
     )
