@@ -49,6 +49,10 @@ class PayloadTooLarge(InvalidInput):
     """The payload exceeds the caller's tier limit."""
 
 
+class IdempotencyConflict(InvalidInput):
+    """An idempotency key already names a job of another type or payload (EQ009)."""
+
+
 class QuotaExceeded(DatabaseError):
     """The caller already has as many queued jobs as their tier allows."""
 
@@ -90,6 +94,7 @@ SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "EQ006": InvalidState,
     "EQ007": InvalidInput,
     "EQ008": NotificationNotFound,
+    "EQ009": IdempotencyConflict,
     "42501": PermissionDenied,
     "40P01": Unavailable,  # deadlock detected: this call was the one rolled back
     "40001": Unavailable,  # serialization failure

@@ -23,8 +23,9 @@ signed-in user's (malformed, expired, an anon or service key) is refused here.
 
 Errors: 401 for a missing or invalid token, 400 for a bad body or payload (with the
 reason), 403 when the user may not do this, 413 for a payload over the tier's limit
-or a body over ``EXAMQ_MAX_INPUT_BYTES``, 429 when the queued-job quota is reached,
-500 for missing configuration (naming the variable), 503 when the database is
+or a body over ``EXAMQ_MAX_INPUT_BYTES``, 409 when the idempotency key already names
+another job (another type or payload), 429 when the queued-job quota is reached, 500
+for missing configuration (naming the variable), 503 when the database is
 unreachable.
 """
 
@@ -46,6 +47,7 @@ from examq import local
 from examq.errors import (
     ConfigError,
     DatabaseError,
+    IdempotencyConflict,
     InvalidInput,
     JobNotFound,
     PayloadTooLarge,
@@ -81,6 +83,7 @@ _queue_lock = threading.Lock()
 _STATUSES: list[tuple[type[Exception], int]] = [
     (QuotaExceeded, 429),
     (PayloadTooLarge, 413),
+    (IdempotencyConflict, 409),
     (InvalidInput, 400),
     (PermissionDenied, 403),
     (JobNotFound, 404),
@@ -139,8 +142,14 @@ async def submit_jobs(request: Request) -> JSONResponse:
         return raw
     try:
         body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return _error(400, f"the body must be JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except UnicodeDecodeError as exc:
+        return _error(400, f"the body must be JSON in UTF-8: byte {exc.start} is not UTF-8")
     except ValueError:
-        return _error(400, "the body must be JSON")
+        # Python refuses to read an integer of more than sys.get_int_max_str_digits()
+        # digits (4300 by default), as a guard against quadratic-time conversion.
+        return _error(400, "the body holds a number too long to read (thousands of digits)")
     except RecursionError:
         # Python's JSON reader recurses once per level of nesting.
         return _error(400, "the body is nested too deeply")

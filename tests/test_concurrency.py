@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from examq.db import PsycopgTransport
-from examq.errors import InvalidState, LeaseLost, Unavailable
+from examq.errors import IdempotencyConflict, InvalidState, LeaseLost, Unavailable
 from examq.queue import Queue
 from tests.conftest import ENTERPRISE_USER, FREE_USER, PRO_USER
 
@@ -340,30 +340,31 @@ def test_racing_enqueues_with_one_idempotency_key_make_one_job(open_queue, sql):
 
     for n in range(30):
         key = f"upload-{n}"
-        a, b = run_together(
-            partial(
-                first.enqueue,
-                "system.noop",
-                {"from": 1},
-                user_id=PRO_USER,
-                idempotency_key=key,
-            ),
-            partial(
-                second.enqueue,
-                "system.noop",
-                {"from": 2},
-                user_id=PRO_USER,
-                idempotency_key=key,
-            ),
+        # The same request twice (a retry racing the original), then two different
+        # requests under one key: one job either way, and a conflict for the second.
+        same = run_together(
+            *(
+                partial(q.enqueue, "system.noop", {"upload": n}, user_id=PRO_USER, idempotency_key=key)
+                for q in (first, second)
+            )
+        )
+        other_key = f"other-{n}"
+        different = run_together(
+            *(
+                partial(q.enqueue, "system.noop", {"from": i}, user_id=PRO_USER, idempotency_key=other_key)
+                for i, q in enumerate((first, second))
+            )
         )
 
-        assert not isinstance(a, Exception), a
-        assert not isinstance(b, Exception), b
-        assert a.id == b.id
-        count = sql.execute(
-            "select count(*) from jobs where idempotency_key = %s", (key,)
-        ).fetchone()[0]
-        assert count == 1
+        assert not any(isinstance(r, Exception) for r in same), same
+        assert same[0].id == same[1].id
+        made = [r for r in different if not isinstance(r, Exception)]
+        refused = [r for r in different if isinstance(r, Exception)]
+        assert len(made) == 1 and len(refused) == 1
+        assert isinstance(refused[0], IdempotencyConflict), refused[0]
+        for k in (key, other_key):
+            count = sql.execute("select count(*) from jobs where idempotency_key = %s", (k,)).fetchone()[0]
+            assert count == 1
 
 
 def test_racing_enqueues_of_two_users_with_one_key_make_two_jobs(open_queue, sql):

@@ -128,6 +128,14 @@ def test_jobs_api_enqueues_a_single_job_and_skips_the_pass_when_told(
         and response.json()["pass"] is None
     )
     assert sql.execute("select count(*) from jobs").fetchone() == (1,)
+    conflict = post(
+        client,
+        {"job_type": "system.noop", "payload": {"other": 1}, "idempotency_key": "once"},
+        token(PRO_USER),
+    )
+    assert conflict.status_code == 409
+    assert '"once" is already used by job' in conflict.json()["error"]
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
 
 
 @pytest.mark.parametrize(
@@ -162,10 +170,32 @@ def test_jobs_api_refuses_a_bad_token_with_401(client, sql, bearer) -> None:
     assert sql.execute("select count(*) from jobs").fetchone() == (0,)
 
 
+def nested(levels: int) -> dict[str, Any]:
+    """A payload whose innermost value lies ``levels`` levels below the payload itself."""
+    value: Any = 0
+    for _ in range(levels - 1):
+        value = [value]
+    return {"x": value}
+
+
+def test_jobs_api_counts_a_payloads_nesting_from_the_payload(client, monkeypatch, sql) -> None:
+    monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "0")
+
+    deepest = post(client, {"job_type": "system.noop", "payload": nested(63)}, token(PRO_USER))
+    too_deep = post(client, {"job_type": "system.noop", "payload": nested(65)}, token(PRO_USER))
+
+    assert deepest.status_code == 202, deepest.text
+    assert too_deep.status_code == 400
+    assert "step 1 payload is nested more than 64 levels deep" in too_deep.json()["error"]
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ("not json", "must be JSON"),
+        ("not json", "must be JSON: Expecting value at line 1 column 1"),
+        (b'{"job_type": "\xff"}', "not UTF-8"),
+        ('{"job_type": "system.noop", "payload": {"n": ' + "7" * 5000 + "}}", "number too long"),
         ([1, 2], "JSON object"),
         ({"payload": {}}, "job_type"),
         ({"job_type": "exam.grade", "payload": [1]}, "payload must be a JSON object"),
@@ -195,7 +225,7 @@ def test_jobs_api_refuses_a_bad_token_with_401(client, sql, bearer) -> None:
 def test_jobs_api_refuses_bad_input_with_400_and_the_reason(
     client, body, fragment
 ) -> None:
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         response = client.post(
             "/api/jobs", content=body, headers={"Authorization": f"Bearer {token()}"}
         )

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from examq.errors import (
+    IdempotencyConflict,
     InvalidInput,
     InvalidState,
     JobNotFound,
@@ -17,7 +18,7 @@ from examq.errors import (
     PayloadTooLarge,
     UnknownJobType,
 )
-from tests.conftest import FREE_USER, PRO_USER
+from tests.conftest import ENTERPRISE_USER, FREE_USER, PRO_USER
 
 
 def expire_lease(sql, job_id: int) -> None:
@@ -139,9 +140,42 @@ def test_enqueue_refuses_bad_input_naming_the_problem(queue):
 
 def test_idempotency_key_returns_the_same_job(queue):
     first = queue.enqueue("system.noop", {"v": 1}, user_id=PRO_USER, idempotency_key="k1")
-    second = queue.enqueue("system.noop", {"v": 2}, user_id=PRO_USER, idempotency_key="k1")
+    # A retried request: the same job, whatever its scheduling options say now.
+    second = queue.enqueue("system.noop", {"v": 1}, user_id=PRO_USER, idempotency_key="k1", delay_seconds=5)
 
     assert second.id == first.id and second.payload == {"v": 1}
+    assert queue.enqueue("system.noop", {"v": 1}, user_id=ENTERPRISE_USER, idempotency_key="k1").id != first.id
+
+
+@pytest.mark.parametrize(
+    ("job_type", "payload"), [("system.noop", {"v": 2}), ("system.sleep", {"v": 1})]
+)
+def test_an_idempotency_key_reused_for_another_job_is_refused(queue, sql, job_type, payload):
+    first = queue.enqueue("system.noop", {"v": 1}, user_id=PRO_USER, idempotency_key="k1")
+
+    with pytest.raises(IdempotencyConflict) as refused:
+        queue.enqueue(job_type, payload, user_id=PRO_USER, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict) as refused_in_bulk:
+        queue.enqueue_many(
+            [{"job_type": "system.noop"}, {"job_type": job_type, "payload": payload, "user_id": PRO_USER,
+                                          "idempotency_key": "k1"}]
+        )
+
+    assert f'"k1" is already used by job {first.id} (system.noop)' in str(refused.value)
+    assert str(refused_in_bulk.value).startswith("job 2: ")
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
+
+
+def test_an_idempotency_key_repeated_within_a_batch_must_name_the_same_job(queue, sql):
+    same = queue.enqueue_many([{"job_type": "system.noop", "idempotency_key": "b"}] * 2)
+    assert same[0].job_id == same[1].job_id and [e.created for e in same] == [True, False]
+
+    with pytest.raises(IdempotencyConflict, match="job 2: .* used by job 1 of this batch"):
+        queue.enqueue_many(
+            [{"job_type": "system.noop", "idempotency_key": "c"},
+             {"job_type": "system.noop", "payload": {"other": True}, "idempotency_key": "c"}]
+        )
+    assert sql.execute("select count(*) from jobs").fetchone() == (1,)
 
 
 def test_cancel_queued_and_running(queue):

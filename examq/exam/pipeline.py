@@ -17,7 +17,7 @@ from examq.errors import PermanentError
 from examq.exam.importers import FORMATS
 from examq.exam.statistics import MISSING_RULES
 from examq.exam.storage import check_source
-from examq.queue import check_storable
+from examq.queue import check_int4, check_storable
 
 PIPELINE = "exam.pipeline"
 STEPS = ("exam.pipeline", "exam.import", "exam.grade", "exam.report")
@@ -109,7 +109,13 @@ def enqueue_chain(
     Raises the queue's errors: InvalidInput, UnknownJobType, PayloadTooLarge,
     QuotaExceeded, PermissionDenied.
     """
-    check_storable("steps", steps)
+    # Each payload is checked on its own: its nesting limit is the payload's, not
+    # counted from the list of steps around it.
+    for index, step in enumerate(steps, start=1):
+        check_storable(f"step {index}", {k: v for k, v in step.items() if k != "payload"})
+        check_storable(f"step {index} payload", step.get("payload", {}))
+        if step.get("max_attempts") is not None:
+            check_int4(f"step {index} max_attempts", step["max_attempts"])
     params: dict[str, Any] = {"p_steps": steps}
     if user_id is not None:
         params["p_user_id"] = str(user_id)

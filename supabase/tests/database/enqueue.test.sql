@@ -2,7 +2,7 @@
 -- which job types, the payload, when it runs, its attempts, idempotency keys, parents
 -- and the queued-job quota.
 begin;
-select plan(51);
+select plan(53);
 
 \set free '00000000-0000-4000-8000-000000000001'
 \set pro '00000000-0000-4000-8000-000000000002'
@@ -31,7 +31,13 @@ select id as null_payload_job from public.enqueue_job('exam.grade', null) \gset
 select id as child_job from public.enqueue_job('exam.grade', p_parent_id => :free_job) \gset
 select id as keyed_job from public.enqueue_job('exam.grade', p_idempotency_key => 'upload-42') \gset
 select id as keyed_again
-from public.enqueue_job('exam.grade', '{"other": true}', p_idempotency_key => 'upload-42') \gset
+from public.enqueue_job('exam.grade', p_delay_seconds => 30, p_idempotency_key => 'upload-42') \gset
+select throws_ok(
+  $$ select public.enqueue_job('exam.grade', '{"other": true}', p_idempotency_key => 'upload-42') $$,
+  'EQ009', null, 'a repeated idempotency key with another payload is refused');
+select throws_ok(
+  $$ select public.enqueue_job('exam.import', p_idempotency_key => 'upload-42') $$,
+  'EQ009', null, 'a repeated idempotency key with another job type is refused');
 select id as full_payload_job
 from public.enqueue_job('exam.grade', jsonb_build_object('text', repeat('x', 262144 - 12))) \gset
 
@@ -87,7 +93,8 @@ select is(
   'a user may name one of their own jobs as the parent'
 );
 select is(:keyed_again::bigint, :keyed_job::bigint,
-  'enqueueing again with the same idempotency key returns the first job');
+  'enqueueing the same job again with its idempotency key returns the first job, '
+  'whatever its scheduling options');
 select is(
   (select row(count(*), min(j.payload::text))::text
    from public.jobs j where j.idempotency_key = 'upload-42'),
