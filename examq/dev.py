@@ -354,6 +354,7 @@ def run(
     jwt_secret = secrets.token_urlsafe(32)
     # functions.cron reads its settings from the environment on each call: it gets
     # the same database and a cron secret the scheduler knows.
+    chosen_secret = cron_secret
     cron_secret = cron_secret or secrets.token_urlsafe(24)
     os.environ["DATABASE_URL"] = database_url
     os.environ["CRON_SECRET"] = cron_secret
@@ -382,6 +383,12 @@ def run(
         logger.warning(
             "examq dev signs anyone in without a password; it listens on {} only by your choice",
             host,
+        )
+    if chosen_secret is None:
+        # Made up for this run: without it the cron endpoint cannot be called by hand.
+        print(
+            f"examq dev: call {base_url}/api/cron with 'Authorization: Bearer {cron_secret}'",
+            flush=True,
         )
     print(f"examq dev: serving {base_url}", flush=True)
     try:

@@ -705,7 +705,8 @@ class _RpcEndpoint:
             try:
                 body = raw.decode("utf-8") if raw.strip() else "{}"
                 payload = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
+                # RecursionError: Python's JSON reader recurses once per nesting level.
                 raise _pgrst(400, "PGRST102", "Empty or invalid json") from exc
             if not isinstance(payload, dict):
                 raise _pgrst(

@@ -36,7 +36,7 @@ def built_dashboard(folder: Path) -> Path:
 
 def dev_env(db_url: str, tmp_path: Path) -> dict[str, str]:
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "CRON_SECRET"},
         "DATABASE_URL": db_url,
         "SUPABASE_JWT_SECRET": OTHER_SECRET,
         "EXAMQ_LOG_FORMAT": "text",
@@ -57,8 +57,14 @@ def run_dev(args: list[str], db_url: str, tmp_path: Path) -> subprocess.Complete
     )
 
 
+class DevServer(str):
+    """The base URL of a running `examq dev`, with the lines it printed so far."""
+
+    lines: list[str]
+
+
 @pytest.fixture
-def dev_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+def dev_server(db_url: str, tmp_path: Path) -> Iterator[DevServer]:
     """The base URL of a running `examq dev` on a free port."""
     static = built_dashboard(tmp_path / "dist")
     with (tmp_path / "dev.log").open("w") as log:
@@ -83,7 +89,9 @@ def dev_server(db_url: str, tmp_path: Path) -> Iterator[str]:
                 url = found[0].group(1) if found else None
                 time.sleep(0.1)
             assert url, f"examq dev did not start: {(tmp_path / 'dev.log').read_text()}"
-            yield url
+            server = DevServer(url)
+            server.lines = lines
+            yield server
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -126,6 +134,21 @@ def test_dev_jobs_api_accepts_the_dev_servers_own_sign_in(dev_server, sql) -> No
     assert response.status_code == 202, response.text
     assert response.json()["jobs"][0]["status"] == "queued"
     assert sql.execute("select user_id::text from jobs").fetchall() == [(PRO_USER,)]
+
+
+def test_dev_prints_the_cron_secret_it_made_up(dev_server) -> None:
+    said = [m for line in dev_server.lines if (m := re.search(r"Bearer (\S+)'", line))]
+    assert said, dev_server.lines
+
+    wrong = httpx.get(f"{dev_server}/api/cron", headers={"Authorization": "Bearer guess"})
+    right = httpx.get(
+        f"{dev_server}/api/cron",
+        headers={"Authorization": f"Bearer {said[0].group(1)}"},
+        timeout=120,
+    )
+
+    assert wrong.status_code == 401
+    assert right.status_code == 200, right.text
 
 
 def test_dev_jobs_api_refuses_a_token_signed_with_another_secret(dev_server, sql) -> None:

@@ -459,10 +459,14 @@ def test_rest_other_methods_and_schemas_are_refused(api: httpx.Client) -> None:
         headers={**SERVICE, "Content-Profile": "auth"},
     )
     not_json = api.post("/rpc/get_job", content=b"{nope", headers=SERVICE)
+    too_deep = api.post(
+        "/rpc/get_job", content=b'{"p_job_id": ' + b"[" * 100000 + b"]" * 100000 + b"}", headers=SERVICE
+    )
 
     assert (put.status_code, put.json()["code"]) == (405, "PGRST101")
     assert (other_schema.status_code, other_schema.json()["code"]) == (406, "PGRST106")
     assert (not_json.status_code, not_json.json()["code"]) == (400, "PGRST102")
+    assert (too_deep.status_code, too_deep.json()["code"]) == (400, "PGRST102")
 
 
 def test_rest_concurrent_claims_never_take_a_job_twice(api: httpx.Client) -> None:

@@ -2,7 +2,7 @@
 -- cancellation down the chain (on every path, lease expiry included), requeue, quota
 -- and row-level security.
 begin;
-select plan(35);
+select plan(39);
 
 -- A three-step chain for the pro teacher, enqueued by the service.
 create temporary table chain as
@@ -146,6 +146,22 @@ select is(
 select throws_ok(
   $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "system.sleep"}]'::jsonb) $$,
   'EQ001', null, 'every step must be a job type the tier allows');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline", "max_attempts": 2.5}]'::jsonb) $$,
+  'EQ007', 'step 1: max_attempts must be a whole number from 1 up, not 2.5',
+  'a fractional max_attempts is refused naming the step');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"},
+                                   {"job_type": "exam.import", "max_attempts": 1e12}]'::jsonb) $$,
+  'EQ007', null, 'a max_attempts beyond an integer is refused, not cast');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline", "max_attempts": "3"}]'::jsonb) $$,
+  'EQ007', 'step 1: max_attempts must be a whole number from 1 up, not 3',
+  'a max_attempts given as text is refused');
+select is(
+  (public.enqueue_chain('[{"job_type": "exam.pipeline", "max_attempts": 2.0},
+                          {"job_type": "exam.import", "max_attempts": 2.0}]'::jsonb) -> 'jobs' -> 1 ->> 'max_attempts'),
+  '2', 'a whole number written with a fraction part is accepted');
 select throws_ok(
   $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}]'::jsonb,
                                  p_user_id => '00000000-0000-4000-8000-000000000002') $$,
