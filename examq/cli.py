@@ -1,4 +1,4 @@
-"""The ``examq`` command: demo, submit, work, inspect jobs, and manage the local database."""
+"""The examq command: demo, submit, work, inspect jobs, and manage the local database."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from examq.log import configure_logging
 from examq.notify.dispatcher import Dispatcher, DispatchSummary
 from examq.notify.outbox import Outbox
 from examq.queue import Job, Queue
-from examq.worker import PassSummary, Worker
+from examq.worker import PassSummary, Worker, retention_step
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Manage the local database.")
@@ -337,7 +337,11 @@ def work(
     loop: Annotated[bool, typer.Option("--loop", help="Keep running passes until interrupted.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug log lines.")] = False,
 ) -> None:
-    """Run worker passes, as the cron does (once, or in a loop for a self-hosted worker)."""
+    """Run worker passes, as the cron does (once, or in a loop for a self-hosted worker).
+
+    In a loop it also deletes jobs past retention, as each cron tick does, once a
+    minute; run `examq notify --loop` beside it for notifications and alerts.
+    """
     if not math.isfinite(budget) or budget <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="--budget")
     settings = _settings(verbose)
@@ -348,6 +352,7 @@ def work(
         batch_outcomes=settings.worker_batch_outcomes,
     )
     failures = 0
+    next_retention = time.monotonic()
     while True:
         try:
             summary = worker.run_pass(budget)
@@ -367,6 +372,11 @@ def work(
             out.print_json(json.dumps(summary.as_dict()))
         if not loop:
             return
+        if time.monotonic() >= next_retention:
+            next_retention = time.monotonic() + 60
+            pruned = retention_step(worker.queue, settings.retention_days)
+            if any(pruned.values()):
+                out.print_json(json.dumps(pruned))
         if summary.claimed == 0:
             time.sleep(1.0)
 

@@ -66,6 +66,22 @@ class PassSummary:
         return data
 
 
+def retention_step(queue: Queue, retention_days: float, limit: int = 1000) -> dict[str, int]:
+    """Delete up to ``limit`` finished jobs and as many admin notifications past retention.
+
+    Bounded, so no tick or loop iteration is ever long: a backlog of old jobs drains
+    over a few steps. A failure is logged and counts as nothing deleted; the rows it
+    would delete are finished and wait for the next step.
+    """
+    pruned = {"pruned": 0, "pruned_notifications": 0}
+    try:
+        pruned["pruned"] = queue.prune(retention_days, limit=limit)
+        pruned["pruned_notifications"] = queue.prune_notifications(retention_days, limit=limit)
+    except DatabaseError as exc:
+        logger.warning("retention step failed: {}", type(exc).__name__)
+    return pruned
+
+
 def default_worker_id() -> str:
     """A worker id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

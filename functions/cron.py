@@ -28,7 +28,7 @@ from examq.log import configure_logging
 from examq.notify.dispatcher import Dispatcher
 from examq.notify.outbox import Outbox
 from examq.queue import Queue
-from examq.worker import PassSummary, Worker
+from examq.worker import PassSummary, Worker, retention_step
 
 _queue: Queue | None = None
 _queue_lock = threading.Lock()
@@ -89,7 +89,8 @@ def run_cron(request: Request) -> JSONResponse:
         return JSONResponse({"error": "database unavailable"}, status_code=503)
 
     notifications = _notify(queue, settings, summary)
-    pruned = _housekeeping(queue, settings)
+    # Retention runs in small bounded steps on every tick, so no tick is ever long.
+    pruned = retention_step(queue, settings.retention_days)
     return JSONResponse({**summary.as_dict(), "notifications": notifications, **pruned})
 
 
@@ -112,19 +113,6 @@ def _notify(queue: Queue, settings: Settings, summary: PassSummary) -> dict:
     except DatabaseError as exc:
         logger.warning("recording the cron tick failed: {}", type(exc).__name__)
     return result
-
-
-def _housekeeping(queue: Queue, settings: Settings) -> dict[str, int]:
-    # Retention runs in small bounded steps on every tick, so no tick is ever long
-    # and a backlog of old jobs drains over a few ticks. Its failure never fails
-    # the tick: the jobs it would delete are already finished.
-    pruned = {"pruned": 0, "pruned_notifications": 0}
-    try:
-        pruned["pruned"] = queue.prune(settings.retention_days, limit=1000)
-        pruned["pruned_notifications"] = queue.prune_notifications(settings.retention_days, limit=1000)
-    except DatabaseError as exc:
-        logger.warning("retention step failed: {}", type(exc).__name__)
-    return pruned
 
 
 def config_error_response(request: Request, exc: ConfigError) -> JSONResponse:

@@ -255,3 +255,28 @@ def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue, batch_outcom
     after = [queue.get(job.id) for job in jobs]
     assert [job.status for job in after] == ["queued"] * 3
     assert [job.attempt for job in after] == [0, 0, 0]
+
+
+def test_a_worker_loop_prunes_jobs_past_retention_as_the_cron_does(db_url, queue, sql):
+    old = queue.enqueue("system.noop")
+    recent = queue.enqueue("system.noop")
+    for job in queue.claim("w", 10):
+        queue.complete(job, {})
+    sql.execute("update jobs set finished_at = now() - interval '2 days' where id = %s", (old.id,))
+    env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_RETENTION_DAYS": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "examq", "work", "--loop"], env=env, cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while sql.execute("select count(*) from jobs where id = %s", (old.id,)).fetchone()[0]:
+            assert worker.poll() is None, "the worker loop stopped"
+            assert time.monotonic() < deadline, "the worker loop never pruned the old job"
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+    remaining = {row[0] for row in sql.execute("select id from jobs").fetchall()}
+    assert remaining == {recent.id}
