@@ -618,4 +618,8 @@ def _syntax_message(
     message = f"{file}: the GIFT question starting on line {first_line} ({start!r}) cannot be read: {found} at {where}"
     if expected:
         message += f"; expected {', '.join(expected[:8])}"
+    if expected and set(expected) <= {"<END-OF-FILE>", _TERMINAL_NAMES["$END"]} and "\n" in block.strip():
+        # The question before it was complete: most often two questions with no
+        # blank line between them, which GIFT reads as one.
+        message += " (separate questions with a blank line)"
     return message

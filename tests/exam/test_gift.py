@@ -281,3 +281,21 @@ def test_gift_refuses_a_number_beyond_floats_naming_the_question_and_field(
     assert message.startswith("huge.gift: numerical question 'Q1' (line 1)")
     assert f"{field}, which is not a finite number" in message
     assert raised.value.question == "'Q1' (line 1)"
+
+
+def test_gift_two_questions_without_a_blank_line_say_so() -> None:
+    text = "::Q1:: What is 2+2? {=4 ~3 ~5}\n::Q2:: Capital of France? {=Paris ~Rome}\n"
+
+    with pytest.raises(ExamInputError) as raised:
+        parse_gift(text, name="quiz.gift")
+
+    message = str(raised.value)
+    assert "line 2, column 27" in message
+    assert "separate questions with a blank line" in message
+
+
+def test_gift_a_stray_brace_in_one_line_question_gets_no_blank_line_hint() -> None:
+    with pytest.raises(ExamInputError) as raised:
+        parse_gift("::Q1:: What is 2+2? {=4 ~3} {\n", name="quiz.gift")
+
+    assert "blank line" not in str(raised.value)
