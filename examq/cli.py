@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from loguru import logger
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from examq import local
 from examq.config import Backend, Settings, load_settings
-from examq.errors import ExamqError, JobNotFound, PermanentError, Unavailable, UnknownJobType
+from examq.errors import (
+    DatabaseError,
+    ExamqError,
+    JobNotFound,
+    PermanentError,
+    Unavailable,
+    UnknownJobType,
+)
+from examq.handlers import grade
 from examq.handlers.grade import read_text_file
 from examq.log import configure_logging
 from examq.notify.dispatcher import Dispatcher, DispatchSummary
@@ -308,6 +317,8 @@ def _build_payload(job_type: str, key: Path | None, responses: Path | None, payl
             body["responses_csv"] = read_text_file(responses)
     except PermanentError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if job_type == grade.JOB_TYPE and (problem := grade.payload_problem(body)):
+        raise typer.BadParameter(problem, param_hint="--payload")
     return body
 
 
@@ -339,8 +350,9 @@ def work(
 ) -> None:
     """Run worker passes, as the cron does (once, or in a loop for a self-hosted worker).
 
-    In a loop it also deletes jobs past retention, as each cron tick does, once a
-    minute; run `examq notify --loop` beside it for notifications and alerts.
+    In a loop, once a minute, it also deletes jobs past retention and records its
+    pass as a cron tick (for health and the cron-silence alert), as each cron tick
+    does; run `examq notify --loop` beside it for notifications and alerts.
     """
     if not math.isfinite(budget) or budget <= 0:
         raise typer.BadParameter("must be a positive number of seconds", param_hint="--budget")
@@ -377,6 +389,14 @@ def work(
             pruned = retention_step(worker.queue, settings.retention_days)
             if any(pruned.values()):
                 out.print_json(json.dumps(pruned))
+            # A worker loop stands in for the cron: health and the cron-silence
+            # alert read its passes as ticks.
+            try:
+                Outbox(worker.queue.transport).record_cron_tick(
+                    {**summary.as_dict(), "by": "examq work --loop"}
+                )
+            except DatabaseError as exc:
+                logger.warning("recording the tick failed: {}", type(exc).__name__)
         if summary.claimed == 0:
             time.sleep(1.0)
 

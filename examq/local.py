@@ -58,6 +58,11 @@ def apply_schema(url: str, *, seed: bool = False) -> list[str]:
 
     applied_now: list[str] = []
     with _connect(url) as conn:
+        # Two commands starting at once (two workers, a cron tick and a deploy) would
+        # run the same files side by side and fail on each other's catalog updates;
+        # one waits for the other, then finds nothing left to do. Released when the
+        # connection closes.
+        conn.execute("select pg_advisory_lock(%s)", (SCHEMA_LOCK,))
         if _needs_stand_in(conn):
             _run_file(conn, STAND_IN)
         conn.execute(_TRACKING)
@@ -81,6 +86,10 @@ def apply_schema(url: str, *, seed: bool = False) -> list[str]:
     if applied_now:
         logger.info("migrations applied", count=len(applied_now))
     return applied_now
+
+
+# The session advisory lock key that serialises schema changes (any fixed bigint).
+SCHEMA_LOCK = 0x6578616D71  # "examq"
 
 
 def _connect(url: str):

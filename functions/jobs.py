@@ -65,6 +65,7 @@ from examq.exam.pipeline import (
     pipeline_steps,
 )
 from examq.exam.settings import ExamSettings, load_exam_settings
+from examq.handlers import grade
 from examq.exam.submission import (
     InvalidToken,
     UserPsycopgTransport,
@@ -167,6 +168,8 @@ async def submit_jobs(request: Request) -> JSONResponse:
         )
     except PermanentError as exc:
         return _error(400, str(exc))
+    if job_type == grade.JOB_TYPE and (problem := grade.payload_problem(payload)):
+        return _error(400, problem)
 
     return await run_in_threadpool(
         _enqueue_and_kick, settings, transport, steps, body.get("idempotency_key")

@@ -147,9 +147,14 @@ def test_load_refuses_option_values_it_cannot_run_with(db_url):
 def test_submit_names_what_a_grading_payload_lacks_and_refuses_a_bad_user_id(db_url):
     payload = run_examq(["submit", "exam.grade", "--payload", '{"x": 1}'], db_url)
     user = run_examq(["submit", "system.noop", "--user", "not-a-uuid"], db_url)
+    mistyped = run_examq(
+        ["submit", "exam.grade", "--payload", '{"key_csv": 1, "responses_csv": "s,1"}'], db_url
+    )
 
     assert payload.returncode == 2
     assert "key_csv" in payload.stderr and "responses_csv" in payload.stderr
+    assert mistyped.returncode == 2
+    assert "key_csv must be CSV text, not int" in mistyped.stderr
     assert user.returncode == 2
     assert "--user" in user.stderr and "uuid" in user.stderr
 

@@ -257,7 +257,7 @@ def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue, batch_outcom
     assert [job.attempt for job in after] == [0, 0, 0]
 
 
-def test_a_worker_loop_prunes_jobs_past_retention_as_the_cron_does(db_url, queue, sql):
+def test_a_worker_loop_prunes_and_records_its_tick_as_the_cron_does(db_url, queue, sql):
     old = queue.enqueue("system.noop")
     recent = queue.enqueue("system.noop")
     for job in queue.claim("w", 10):
@@ -270,9 +270,13 @@ def test_a_worker_loop_prunes_jobs_past_retention_as_the_cron_does(db_url, queue
     )
     try:
         deadline = time.monotonic() + 60
-        while sql.execute("select count(*) from jobs where id = %s", (old.id,)).fetchone()[0]:
+        check = (
+            "select exists (select from jobs where id = %s)"
+            " or not exists (select from cron_runs where name = 'cron')"
+        )
+        while sql.execute(check, (old.id,)).fetchone()[0]:
             assert worker.poll() is None, "the worker loop stopped"
-            assert time.monotonic() < deadline, "the worker loop never pruned the old job"
+            assert time.monotonic() < deadline, "the worker loop never pruned and recorded its tick"
             time.sleep(0.05)
     finally:
         worker.terminate()
@@ -280,3 +284,6 @@ def test_a_worker_loop_prunes_jobs_past_retention_as_the_cron_does(db_url, queue
 
     remaining = {row[0] for row in sql.execute("select id from jobs").fetchall()}
     assert remaining == {recent.id}
+    # Its pass counts as a tick for health and the cron-silence alert.
+    [(by,)] = sql.execute("select last_summary ->> 'by' from cron_runs where name = 'cron'").fetchall()
+    assert by == "examq work --loop"

@@ -162,6 +162,23 @@ def read_text_file(path: str | os.PathLike[str]) -> str:
 MAX_FILE_BYTES = 64 * 2**20
 
 
+def payload_problem(payload: dict[str, Any]) -> str | None:
+    """Why ``payload`` could never be graded (a CSV field missing or not text), or None.
+
+    Checked before a submission is enqueued, so that a job that can only fail is
+    refused with the reason instead of dead-lettered; the CSVs themselves are read by
+    the job.
+    """
+    if grading.has_exam_model(payload):
+        return None
+    for field in ("key_csv", "responses_csv"):
+        if field not in payload:
+            return f"{JOB_TYPE}: the payload has no {field} (the answer key and responses as CSV text)"
+        if not isinstance(payload[field], str):
+            return f"{JOB_TYPE}: {field} must be CSV text, not {type(payload[field]).__name__}"
+    return None
+
+
 def _payload_text(payload: dict[str, Any], field: str) -> str:
     """Return a payload field as text, decoding bytes as UTF-8.
 

@@ -408,3 +408,43 @@ def test_a_late_answer_still_settles_a_row_marked_uncertain(queue, outbox, sql):
         outbox.finish(
             slow.model_copy(update={"lease_token": uuid.uuid4()}), Delivery("failed")
         )
+
+
+def _run_chain(queue, sql, steps: int, *, root_started_seconds_ago: int = 0) -> list[int]:
+    chain = queue.transport.call(
+        "enqueue_chain",
+        {"p_steps": [{"job_type": "system.noop", "payload": {}} for _ in range(steps)],
+         "p_user_id": PRO_USER},
+    )
+    ids = [job["id"] for job in chain["jobs"]]
+    for index in range(steps):
+        [job] = queue.claim("w", 1)
+        assert job.id == ids[index]
+        if index == 0 and root_started_seconds_ago:
+            sql.execute(
+                "update jobs set first_started_at = now() - make_interval(secs => %s) where id = %s",
+                (root_started_seconds_ago, job.id),
+            )
+        queue.complete(job, {})
+    return ids
+
+
+def test_a_chain_that_succeeds_sends_one_notice_for_its_last_step(queue, outbox, sql):
+    notify_everything(outbox)
+
+    ids = _run_chain(queue, sql, 3)
+
+    assert [queue.get(i).status for i in ids] == ["succeeded"] * 3
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [(ids[-1], "job.succeeded")]
+
+
+def test_a_long_chain_with_a_short_last_step_is_reported_by_default(queue, outbox, sql):
+    long_ids = _run_chain(queue, sql, 2, root_started_seconds_ago=61)
+    short_ids = _run_chain(queue, sql, 2)
+
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [
+        (long_ids[-1], "job.succeeded")
+    ]
+    assert short_ids[-1] not in {r["job_id"] for r in outbox_rows(sql)}
+    # Sending applies the same rule: the row is still wanted, not skipped.
+    assert [n.job_id for n in outbox.claim("d", 10)] == [long_ids[-1]]

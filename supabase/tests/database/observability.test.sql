@@ -2,7 +2,7 @@
 -- security scopes them (a teacher's figures count only their jobs, an admin's all),
 -- the bounds of their arguments, and retention deleting events with their jobs.
 begin;
-select plan(46);
+select plan(47);
 
 \set free '00000000-0000-4000-8000-000000000001'
 \set pro '00000000-0000-4000-8000-000000000002'
@@ -245,18 +245,25 @@ reset role;
 update public.jobs set created_at = now() - interval '60 days' where id = :free_later;
 set local role service_role;
 
-select is(public.prune_jobs(), 1, 'prune_jobs deletes the one job that finished over 30 days ago');
+select is(public.prune_jobs(), 0,
+  'a job finished over 30 days ago is kept while a step after it has still to run');
 select is(
-  (select count(*)::integer from public.jobs j where j.id = :pro_old), 0,
-  'the old job is gone'
+  (select j.parent_id from public.jobs j where j.id = :child), :pro_old::bigint,
+  'the unfinished step keeps its parent'
+);
+
+reset role;
+update public.jobs set status = 'cancelled', finished_at = now() - interval '40 days' where id = :child;
+set local role service_role;
+
+select is(public.prune_jobs(), 2, 'once every step finished over 30 days ago, they go together');
+select is(
+  (select count(*)::integer from public.jobs j where j.id in (:pro_old, :child)), 0,
+  'the old job is gone, with the step after it'
 );
 select is(
   (select count(*)::integer from public.job_events e where e.job_id = :pro_old), 0,
   'its events are deleted with it'
-);
-select is(
-  (select j.parent_id from public.jobs j where j.id = :child), null,
-  'a job whose parent was pruned stays, without a parent'
 );
 select is(
   (select count(*)::integer
