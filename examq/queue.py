@@ -116,7 +116,8 @@ def check_storable(name: str, value: Any) -> None:
     stack: list[tuple[Any, Any, int]] = [(None, value, 0)]
     while stack:
         place, item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
+        # The value itself is level 1, as PostgreSQL's payload check counts them.
+        if depth >= MAX_JSON_DEPTH:
             raise InvalidInput(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep")
         if item is None or isinstance(item, bool):
             continue

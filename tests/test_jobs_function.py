@@ -182,7 +182,7 @@ def test_jobs_api_counts_a_payloads_nesting_from_the_payload(client, monkeypatch
     monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "0")
 
     deepest = post(client, {"job_type": "system.noop", "payload": nested(63)}, token(PRO_USER))
-    too_deep = post(client, {"job_type": "system.noop", "payload": nested(65)}, token(PRO_USER))
+    too_deep = post(client, {"job_type": "system.noop", "payload": nested(64)}, token(PRO_USER))
 
     assert deepest.status_code == 202, deepest.text
     assert too_deep.status_code == 400
@@ -215,6 +215,11 @@ def test_jobs_api_counts_a_payloads_nesting_from_the_payload(client, monkeypatch
             "responses.bucket",
         ),
         ({"job_type": "system.sleep", "payload": {}}, "not available in the free tier"),
+        ({"job_type": "exam.grade", "payload": {}}, "the payload has no key_csv"),
+        (
+            {"job_type": "exam.grade", "payload": {"key_csv": 1, "responses_csv": "s,1"}},
+            "key_csv must be CSV text, not int",
+        ),
         ({"job_type": "no.such.type", "payload": {}}, "unknown job type"),
         ({"job_type": "system.noop", "idempotency_key": "a\u0000b"}, "idempotency_key"),
         ('{"job_type": "system.noop", "idempotency_key": "\\ud800"}', "idempotency_key"),
@@ -489,3 +494,20 @@ def test_jobs_app_given_a_secret_verifies_with_it_rather_than_the_environment(
     assert from_environment.status_code == 401, from_environment.text
     assert unchecked_body.status_code == 400
     assert sql.execute("select count(*) from jobs").fetchone() == (1,)
+
+
+def test_a_repeated_pipeline_key_with_other_responses_is_a_conflict(client, monkeypatch, sql) -> None:
+    monkeypatch.setenv("EXAMQ_SUBMIT_PASS_SECONDS", "0")
+    exam = {"text": "item,key\n1,A\n2,B\n", "name": "key.csv"}
+    first = pipeline(exam, {"text": "student,1,2\ns1,A,B\n", "name": "r.csv"})
+    # The same file name and size: only the later steps, which carry the text, differ.
+    other = pipeline(exam, {"text": "student,1,2\ns1,C,D\n", "name": "r.csv"})
+
+    created = post(client, {**first, "idempotency_key": "pipe-1"}, token())
+    again = post(client, {**first, "idempotency_key": "pipe-1"}, token())
+    conflict = post(client, {**other, "idempotency_key": "pipe-1"}, token())
+
+    assert created.status_code == again.status_code == 202
+    assert again.json()["chain_id"] == created.json()["chain_id"]
+    assert conflict.status_code == 409, conflict.text
+    assert sql.execute("select count(*) from jobs").fetchone() == (4,)

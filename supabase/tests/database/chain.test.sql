@@ -2,7 +2,7 @@
 -- cancellation down the chain (on every path, lease expiry included), requeue, quota
 -- and row-level security.
 begin;
-select plan(39);
+select plan(43);
 
 -- A three-step chain for the pro teacher, enqueued by the service.
 create temporary table chain as
@@ -143,6 +143,20 @@ select is(
   (public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "exam.import"}]'::jsonb, 'k1') ->> 'chain_id'),
   (public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "exam.import"}]'::jsonb, 'k1') ->> 'chain_id'),
   'an idempotency key returns the same chain');
+select is(
+  (select count(*)::integer from public.jobs j
+   where j.parent_id = (select k.id from public.jobs k where k.idempotency_key = 'k1')), 1,
+  'the repeat, in the same transaction, adds no step');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "exam.import", "payload": {"x": 2}}]'::jsonb, 'k1') $$,
+  'EQ009', null, 'a repeat whose later step has another payload is refused');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "exam.grade"}]'::jsonb, 'k1') $$,
+  'EQ009', null, 'a repeat whose later step has another job type is refused');
+select throws_ok(
+  $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "exam.import"},
+                                   {"job_type": "exam.report"}]'::jsonb, 'k1') $$,
+  'EQ009', null, 'a repeat with another number of steps is refused');
 select throws_ok(
   $$ select public.enqueue_chain('[{"job_type": "exam.pipeline"}, {"job_type": "system.sleep"}]'::jsonb) $$,
   'EQ001', null, 'every step must be a job type the tier allows');
@@ -156,7 +170,7 @@ select throws_ok(
   'EQ007', null, 'a max_attempts beyond an integer is refused, not cast');
 select throws_ok(
   $$ select public.enqueue_chain('[{"job_type": "exam.pipeline", "max_attempts": "3"}]'::jsonb) $$,
-  'EQ007', 'step 1: max_attempts must be a whole number from 1 up, not 3',
+  'EQ007', 'step 1: max_attempts must be a whole number from 1 up, not "3"',
   'a max_attempts given as text is refused');
 select is(
   (public.enqueue_chain('[{"job_type": "exam.pipeline", "max_attempts": 2.0},

@@ -1,11 +1,24 @@
--- enqueue_chain says what is wrong with a step's max_attempts.
+-- enqueue_chain: a repeated idempotency key must ask for the same chain, and a step's
+-- max_attempts is checked with the step named.
 --
--- A step's max_attempts had only to be a JSON number; a fraction (2.5) or a number
--- beyond PostgreSQL's integer then failed the cast with a raw 22P02 or 22003 that
--- named neither the step nor the field. Each step's max_attempts must now be a whole
--- number from 1 to 2^31-1 (2.0 counts as 2) before anything is enqueued, or the call raises EQ007
--- naming the step; the tier's own bound is checked as before. Otherwise the contract
--- is that of the migration that introduced the function.
+-- Idempotency. A repeat (same owner and key) was recognised by its first job only,
+-- created by enqueue_job: a request for a chain whose later steps differed (another
+-- answer key or responses for the exam pipeline, whose first step holds only the
+-- inputs' names and sizes) got the old chain back, and a repeat within the same
+-- transaction was taken for a new chain and added its later steps a second time. Now
+-- the owner's enqueue lock (the one enqueue_job takes) is taken first and the key
+-- looked up under it; a chain found must have as many steps, each of the same job type
+-- and payload (parent_result aside, see examq_internal.idempotent_payload), as the
+-- request, or the call raises EQ009 and changes nothing; otherwise it is returned as
+-- before. A key that names a single job of another request is a conflict too.
+--
+-- max_attempts. It had only to be a JSON number; a fraction (2.5) or a number beyond
+-- PostgreSQL's integer then failed the cast with a raw 22P02 or 22003 that named
+-- neither the step nor the field. Each step's max_attempts must now be null (the
+-- tier's default) or a whole number from 1 to 2^31-1 (2.0 counts as 2) before
+-- anything is enqueued, or the call raises EQ007 naming the step; the tier's own bound
+-- is checked as before. Otherwise the contract is that of the migration that
+-- introduced the function.
 
 create or replace function public.enqueue_chain(
   p_steps jsonb,
@@ -29,6 +42,8 @@ declare
   v_attempts integer;
   v_pending integer;
   v_jobs jsonb;
+  v_owner uuid;
+  v_conflict boolean;
 begin
   if p_steps is null or jsonb_typeof(p_steps) <> 'array' then
     raise exception using errcode = 'EQ007', message = 'steps must be a JSON array of {job_type, payload}';
@@ -47,16 +62,67 @@ begin
     if v_step ? 'payload' and jsonb_typeof(v_step -> 'payload') <> 'object' then
       raise exception using errcode = 'EQ007', message = format('step %s: payload must be a JSON object', v_index + 1);
     end if;
-    if v_step ? 'max_attempts'
+    if jsonb_typeof(v_step -> 'max_attempts') is distinct from 'null'
+       and v_step ? 'max_attempts'
        and not coalesce(case when jsonb_typeof(v_step -> 'max_attempts') = 'number' then
              (v_step ->> 'max_attempts')::numeric = trunc((v_step ->> 'max_attempts')::numeric)
              and (v_step ->> 'max_attempts')::numeric between 1 and 2147483647 end, false) then
       raise exception using
         errcode = 'EQ007',
         message = format('step %s: max_attempts must be a whole number from 1 up, not %s',
-                         v_index + 1, left(v_step ->> 'max_attempts', 40));
+                         v_index + 1, case when length((v_step -> 'max_attempts')::text) > 40
+                                          then left((v_step -> 'max_attempts')::text, 40) || '...'
+                                          else (v_step -> 'max_attempts')::text end);
     end if;
   end loop;
+
+  -- A repeated key: under the owner's enqueue lock (taken again by enqueue_job below,
+  -- which is allowed), nobody else can make the key's job meanwhile.
+  if p_idempotency_key is not null then
+    if v_kind = 'anon' then
+      raise exception using errcode = '42501', message = 'sign in to enqueue jobs';
+    elsif v_kind = 'user' and p_user_id is not null and p_user_id <> auth.uid() then
+      raise exception using errcode = '42501', message = 'users may enqueue jobs only for themselves';
+    end if;
+    v_owner := case when v_kind = 'user' then auth.uid() else p_user_id end;
+    perform pg_advisory_xact_lock(hashtextextended('examq.enqueue:' || coalesce(v_owner::text, 'system'), 0));
+
+    select * into v_root
+    from public.jobs j
+    where j.user_id is not distinct from v_owner and j.idempotency_key = p_idempotency_key;
+
+    if found then
+      -- The chain's first job at each depth (a chain is a line; jobs enqueued later
+      -- as children of a step are not part of what enqueue_chain made).
+      with recursive down as (
+        select j.id, j.job_type, j.payload, 0 as depth
+        from public.jobs j where j.id = v_root.id
+        union all
+        select c.id, c.job_type, c.payload, d.depth + 1
+        from down d
+        cross join lateral (
+          select c.id, c.job_type, c.payload
+          from public.jobs c where c.parent_id = d.id
+          order by c.id limit 1
+        ) c
+        where d.depth < 100
+      )
+      select count(*) <> v_count
+             or bool_or(d.job_type is distinct from (p_steps -> d.depth ->> 'job_type')
+                        or examq_internal.idempotent_payload(d.payload)
+                           <> examq_internal.idempotent_payload(p_steps -> d.depth -> 'payload'))
+      into v_conflict
+      from down d;
+
+      if v_conflict then
+        raise exception using
+          errcode = 'EQ009',
+          message = examq_internal.idempotency_conflict(p_idempotency_key, format('job %s', v_root.id),
+                                                        v_root.job_type);
+      end if;
+      return public.get_chain(v_root.id);
+    end if;
+  end if;
 
   v_step := p_steps -> 0;
   v_root := public.enqueue_job(
@@ -66,11 +132,6 @@ begin
     p_max_attempts => (v_step ->> 'max_attempts')::numeric::integer,
     p_user_id => p_user_id
   );
-
-  -- A job created earlier (found by its idempotency key) is returned with its chain.
-  if v_root.created_at <> now() then
-    return public.get_chain(v_root.id);
-  end if;
 
   select * into v_tier from public.tiers t where t.name = v_root.tier;
   v_actor := case when v_kind = 'user' then 'user:' || auth.uid() else 'service' end;
