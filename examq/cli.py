@@ -328,6 +328,13 @@ def _print_job(job: Job, as_json: bool) -> None:
         out.print_json(json.dumps(data))
         return
     out.print(f"job {job.id} ({job.job_type}): {job.status}, attempt {job.attempt}/{job.max_attempts}")
+    if job.status == "running" and job.progress is not None:
+        line = f"progress: {job.progress:g}%"
+        if job.progress_message:
+            line += f" ({job.progress_message})"
+        if job.eta_at is not None:
+            line += f", expected to finish at {job.eta_at.isoformat(timespec='seconds')}"
+        out.print(line, markup=False)
     if job.last_error:
         out.print(f"last error: {job.last_error}")
     if job.result is None:
@@ -687,8 +694,8 @@ def main() -> None:
         err.print(f"[red]error:[/] {exc}")
         sys.exit(1)
     except UnknownJobType as exc:
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}{_known_job_types_hint(str(exc))}")
+        err.print(f"[red]error:[/] {exc}{_known_job_types_hint(str(exc))}")
         sys.exit(2)
     except ExamqError as exc:
-        err.print(f"[red]error:[/] {type(exc).__name__}: {exc}")
+        err.print(f"[red]error:[/] {exc}")
         sys.exit(2)

@@ -113,7 +113,7 @@ def test_unreachable_database_is_one_clear_line():
     result = run_examq(["status", "1"], "postgresql://nobody@127.0.0.1:1/none")
 
     assert result.returncode == 2
-    assert "Unavailable" in result.stderr and "Traceback" not in result.stderr
+    assert "cannot connect to the database" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_configuration_is_one_clear_line(db_url):
@@ -192,3 +192,15 @@ def test_dev_without_a_built_dashboard_says_how_to_build_it(db_url, tmp_path):
 
     assert result.returncode == 2
     assert "index.html" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_of_a_running_job_shows_its_progress(db_url, queue):
+    job = queue.enqueue("system.sleep", {"seconds": 60, "steps": 10})
+    [claimed] = queue.claim("w", 1)
+    queue.heartbeat(claimed, progress=20, message="step 2 of 10")
+
+    shown = run_examq(["status", str(job.id)], db_url)
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"job {job.id} (system.sleep): running" in shown.stdout
+    assert "progress: 20% (step 2 of 10)" in shown.stdout

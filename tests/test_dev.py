@@ -222,7 +222,7 @@ def test_dev_on_a_port_in_use_is_one_clear_line(db_url, tmp_path) -> None:
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert errors == [
-        f"error: ConfigError: --port: cannot listen on 127.0.0.1:{port}: address "
+        f"error: --port: cannot listen on 127.0.0.1:{port}: address "
         "already in use; choose another --port"
     ]
 
