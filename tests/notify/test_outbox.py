@@ -448,3 +448,73 @@ def test_a_long_chain_with_a_short_last_step_is_reported_by_default(queue, outbo
     assert short_ids[-1] not in {r["job_id"] for r in outbox_rows(sql)}
     # Sending applies the same rule: the row is still wanted, not skipped.
     assert [n.job_id for n in outbox.claim("d", 10)] == [long_ids[-1]]
+
+
+def _enqueue_chain(queue, *types: str) -> list[int]:
+    steps = [
+        {"job_type": t, "payload": {"seconds": 0} if t == "system.sleep" else {}}
+        for t in types
+    ]
+    chain = queue.transport.call("enqueue_chain", {"p_steps": steps, "p_user_id": PRO_USER})
+    return [job["id"] for job in chain["jobs"]]
+
+
+def test_a_step_that_succeeds_after_its_chain_was_cancelled_reports_its_success(
+    queue, outbox, sql
+):
+    notify_everything(outbox)
+    ids = _enqueue_chain(queue, "system.noop", "system.noop", "system.noop")
+    [first] = queue.claim("w", 1)
+    assert queue.cancel(ids[0]).outcome == "cancel_requested"
+
+    queue.complete(first, {})
+
+    assert [queue.get(i).status for i in ids] == ["succeeded", "cancelled", "cancelled"]
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [(ids[0], "job.succeeded")]
+
+
+def test_a_chain_cancelled_part_way_reports_once_for_the_step_where_it_stopped(
+    queue, outbox, sql
+):
+    notify_everything(outbox)
+    ids = _enqueue_chain(queue, "system.noop", "system.noop", "system.noop", "system.noop")
+    [first] = queue.claim("w", 1)
+    queue.complete(first, {})
+    [second] = queue.claim("w", 1)
+
+    queue.cancel(ids[0])
+    queue.fail(second, "cancelled by the user", "cancelled")
+
+    assert [queue.get(i).status for i in ids] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [(ids[1], "job.cancelled")]
+
+
+def test_a_job_type_filter_hears_of_a_chain_through_an_earlier_step(queue, outbox, sql):
+    notify_everything(outbox, job_types=["system.noop"])
+    ids = _enqueue_chain(queue, "system.noop", "system.sleep")
+    for _ in ids:
+        [job] = queue.claim("w", 1)
+        queue.complete(job, {})
+
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [(ids[1], "job.succeeded")]
+
+
+def test_a_chain_step_requeued_days_later_is_timed_by_its_runs_not_the_days_between(
+    queue, outbox, sql
+):
+    first_id, second_id = _enqueue_chain(queue, "system.noop", "system.noop")
+    [first] = queue.claim("w", 1)
+    queue.complete(first, {})
+    sql.execute(
+        "update jobs set first_started_at = now() - interval '2 days 1 second',"
+        " finished_at = now() - interval '2 days' where id = %s",
+        (first_id,),
+    )
+    [second] = queue.claim("w", 1)
+    queue.fail(second, "bad input", "permanent")
+    queue.requeue(second_id)
+    [again] = queue.claim("w", 1)
+    queue.complete(again, {})
+
+    # Default preferences: a failure is worth a message, a 1-second chain is not.
+    assert [(r["job_id"], r["kind"]) for r in outbox_rows(sql)] == [(second_id, "job.failed")]
