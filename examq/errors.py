@@ -98,6 +98,7 @@ SQLSTATE_ERRORS: dict[str, type[DatabaseError]] = {
     "42501": PermissionDenied,
     "40P01": Unavailable,  # deadlock detected: this call was the one rolled back
     "40001": Unavailable,  # serialization failure
+    "55P03": Unavailable,  # lock not available (a lock_timeout ran out): try again later
     "22P05": InvalidInput,  # untranslatable character (a NUL in text)
     "22P02": InvalidInput,  # invalid text representation
     "22023": InvalidInput,  # invalid parameter value

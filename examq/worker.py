@@ -78,7 +78,7 @@ def retention_step(queue: Queue, retention_days: float, limit: int = 1000) -> di
         pruned["pruned"] = queue.prune(retention_days, limit=limit)
         pruned["pruned_notifications"] = queue.prune_notifications(retention_days, limit=limit)
     except DatabaseError as exc:
-        logger.warning("retention step failed: {}", type(exc).__name__)
+        logger.warning("retention step failed ({}): {}", type(exc).__name__, exc)
     return pruned
 
 

@@ -80,3 +80,16 @@ def test_retention_gives_up_on_a_held_lock_instead_of_waiting_for_it(queue, sql,
     # must touch the locked step. The step gave up and reported nothing deleted.
     assert pruned == {"pruned": 0, "pruned_notifications": 0}
     assert queue.prune(30) == 3
+
+
+def test_a_limit_counts_chains_and_never_splits_one(queue, sql):
+    ids = _chain(queue, 3)
+    for _ in ids:
+        _finish_next(queue)
+    plain = queue.enqueue("system.noop")
+    _finish_next(queue)
+    _age(sql, ids, 40)
+    _age(sql, [plain.id], 35)
+
+    assert queue.prune(30, limit=1) == 3
+    assert {r[0] for r in sql.execute("select id from jobs").fetchall()} == {plain.id}

@@ -5,10 +5,12 @@
 -- later steps were still waiting or running detached them from their chain (get_chain
 -- on the old chain no longer found them), and it had to lock those rows to do so: a
 -- step held locked by a worker stalled the retention step, and with it the cron tick
--- or worker loop that ran it, for as long as the worker held it. Now a job with
--- descendants is deleted only when every descendant finished before the cutoff too
--- (the steps of a chain go together), and the function gives up after 2 s of waiting
--- for a lock (SQLSTATE 55P03); the next retention step tries again. Otherwise the
+-- or worker loop that ran it, for as long as the worker held it. Now a chain goes as
+-- a whole: p_limit counts jobs without a parent (plain jobs and chains' first steps),
+-- each deleted with all its descendants once every one of them finished before the
+-- cut-off, so up to ten times p_limit rows may go for chains of ten steps. The
+-- function gives up after 2 s of waiting for a lock (SQLSTATE 55P03); the next
+-- retention step tries again. Otherwise the
 -- contract is that of the latest migration that defined the function (0850).
 
 -- chain_settled_before ---------------------------------------------------------------
@@ -50,10 +52,14 @@ declare
 begin
   perform examq_internal.check_retention_limit(p_limit);
 
-  with doomed as (
+  -- A chain goes as a whole: candidates are jobs without a parent (a plain job, or a
+  -- chain's first step) all of whose descendants finished before the cut-off too; each
+  -- is deleted with its descendants, so no step is ever left without its parent.
+  with recursive doomed as (
     select j.id
     from public.jobs j
     where j.finished_at < v_cutoff
+      and j.parent_id is null
       -- Only a chain step has children: one probe of jobs_parent_id_idx for the rest.
       and case when exists (select from public.jobs c where c.parent_id = j.id)
                then examq_internal.chain_settled_before(j.id, v_cutoff)
@@ -61,8 +67,12 @@ begin
     order by j.finished_at
     limit p_limit
     for update skip locked
+  ), tree as (
+    select d.id, 0 as depth from doomed d
+    union all
+    select c.id, t.depth + 1 from tree t join public.jobs c on c.parent_id = t.id where t.depth < 100
   )
-  delete from public.jobs j using doomed d where j.id = d.id;
+  delete from public.jobs j using tree t where j.id = t.id;
 
   get diagnostics v_count = row_count;
 
