@@ -55,36 +55,44 @@ def migration_files() -> list[Path]:
 
 def apply_schema(url: str, *, seed: bool = False) -> list[str]:
     """Bring the database at ``url`` up to date; returns the migrations applied now."""
-
-    applied_now: list[str] = []
     with _connect(url) as conn:
-        # Two commands starting at once (two workers, a cron tick and a deploy) would
-        # run the same files side by side and fail on each other's catalog updates;
-        # one waits for the other, then finds nothing left to do. Released when the
-        # connection closes.
-        conn.execute("select pg_advisory_lock(%s)", (SCHEMA_LOCK,))
-        if _needs_stand_in(conn):
-            _run_file(conn, STAND_IN)
-        conn.execute(_TRACKING)
-        done = {row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")}
-
-        for path in migration_files():
-            version, _, name = path.stem.partition("_")
-            if version in done:
-                continue
-            with conn.transaction():
-                _run_file(conn, path, in_transaction=True)
-                conn.execute(
-                    "insert into supabase_migrations.schema_migrations (version, name) values (%s, %s)",
-                    (version, name),
-                )
-            applied_now.append(path.name)
-
-        if seed and SEED.exists():
-            _run_file(conn, SEED)
-
+        _lock_schema(conn)
+        applied_now = _apply(conn, seed=seed)
     if applied_now:
         logger.info("migrations applied", count=len(applied_now))
+    return applied_now
+
+
+def _lock_schema(conn) -> None:
+    # Two commands starting at once (two workers, a cron tick and a deploy, a reset)
+    # would run the same files side by side and fail on each other's catalog updates;
+    # one waits for the other, then finds nothing left to do. Released when the
+    # connection closes.
+    conn.execute("select pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+
+
+def _apply(conn, *, seed: bool) -> list[str]:
+    """Stand-in, pending migrations and (optionally) the seed, on a locked connection."""
+    applied_now: list[str] = []
+    if _needs_stand_in(conn):
+        _run_file(conn, STAND_IN)
+    conn.execute(_TRACKING)
+    done = {row[0] for row in conn.execute("select version from supabase_migrations.schema_migrations")}
+
+    for path in migration_files():
+        version, _, name = path.stem.partition("_")
+        if version in done:
+            continue
+        with conn.transaction():
+            _run_file(conn, path, in_transaction=True)
+            conn.execute(
+                "insert into supabase_migrations.schema_migrations (version, name) values (%s, %s)",
+                (version, name),
+            )
+        applied_now.append(path.name)
+
+    if seed and SEED.exists():
+        _run_file(conn, SEED)
     return applied_now
 
 
@@ -123,6 +131,7 @@ def reset_database(url: str, *, seed: bool = True) -> list[str]:
     """
 
     with _connect(url) as conn:
+        _lock_schema(conn)
         if not _needs_stand_in(conn):
             raise ExamqError(
                 "refusing to reset: this database has a Supabase auth schema of its own; "
@@ -139,7 +148,10 @@ def reset_database(url: str, *, seed: bool = True) -> list[str]:
                 comment on schema public is 'standard public schema';
                 """
             )
-    return apply_schema(url, seed=seed)
+        applied_now = _apply(conn, seed=seed)
+    if applied_now:
+        logger.info("migrations applied", count=len(applied_now))
+    return applied_now
 
 
 def _run_file(conn, path: Path, *, in_transaction: bool = False) -> None:

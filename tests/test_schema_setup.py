@@ -55,3 +55,24 @@ def test_a_setup_waits_while_another_holds_the_schema_lock(db_url):
         waiter.join(timeout=60)
 
     assert result["applied"] == []
+
+
+def test_a_reset_waits_for_a_setup_in_progress(db_url):
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        holder.execute("select pg_advisory_lock(%s)", (local.SCHEMA_LOCK,))
+        result: dict[str, list[str]] = {}
+        resetter = threading.Thread(
+            target=lambda: result.setdefault("applied", local.reset_database(db_url, seed=False))
+        )
+        resetter.start()
+        deadline = time.monotonic() + 30
+        waiting = "select exists (select from pg_locks where locktype = 'advisory' and not granted)"
+        while not holder.execute(waiting).fetchone()[0]:
+            assert time.monotonic() < deadline, "the reset never asked for the lock"
+            time.sleep(0.02)
+        # Nothing was dropped while the other setup holds the lock.
+        assert holder.execute("select to_regclass('public.jobs') is not null").fetchone()[0]
+        holder.execute("select pg_advisory_unlock(%s)", (local.SCHEMA_LOCK,))
+        resetter.join(timeout=120)
+
+    assert result["applied"] == [p.name for p in local.migration_files()]
