@@ -220,6 +220,11 @@ def test_jobs_api_counts_a_payloads_nesting_from_the_payload(client, monkeypatch
             {"job_type": "exam.grade", "payload": {"key_csv": 1, "responses_csv": "s,1"}},
             "key_csv must be CSV text, not int",
         ),
+        (
+            {"job_type": "exam.grade", "payload": {"key_csv": " ", "responses_csv": "s,1"}},
+            "key_csv is empty",
+        ),
+        ({"job_type": "exam.grade", "payload": {"exam_model": None}}, "exam_model must be an exam model"),
         ({"job_type": "no.such.type", "payload": {}}, "unknown job type"),
         ({"job_type": "system.noop", "idempotency_key": "a\u0000b"}, "idempotency_key"),
         ('{"job_type": "system.noop", "idempotency_key": "\\ud800"}', "idempotency_key"),

@@ -98,7 +98,12 @@ def grade_with_model(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]
 def _exam(payload: dict[str, Any]) -> Exam:
     model = payload.get("exam_model")
     if model is None:
-        model = payload["parent_result"]["exam_model"]
+        parent = payload.get("parent_result")
+        model = parent.get("exam_model") if isinstance(parent, dict) else None
+    if not isinstance(model, dict):
+        raise PermanentError(
+            f"{JOB_TYPE}: exam_model must be an exam model object, not {type(model).__name__}"
+        )
     try:
         return Exam.model_validate(model)
     except ValidationError as exc:

@@ -169,6 +169,12 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
     refused with the reason instead of dead-lettered; the CSVs themselves are read by
     the job.
     """
+    if "exam_model" in payload:
+        if not isinstance(payload["exam_model"], dict):
+            return f"{JOB_TYPE}: exam_model must be an exam model object, not {type(payload['exam_model']).__name__}"
+        if "key_csv" in payload:
+            return f"{JOB_TYPE}: give either exam_model or key_csv, not both"
+        return None
     if grading.has_exam_model(payload):
         return None
     for field in ("key_csv", "responses_csv"):
@@ -176,6 +182,8 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
             return f"{JOB_TYPE}: the payload has no {field} (the answer key and responses as CSV text)"
         if not isinstance(payload[field], str):
             return f"{JOB_TYPE}: {field} must be CSV text, not {type(payload[field]).__name__}"
+        if not payload[field].strip():
+            return f"{JOB_TYPE}: {field} is empty"
     return None
 
 

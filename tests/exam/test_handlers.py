@@ -137,6 +137,19 @@ def test_grade_refuses_an_invalid_model_naming_where() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"exam_model": None, "responses_csv": "s,1"},
+        {"exam_model": None, "parent_result": "x", "responses_csv": "s,1"},
+        {"parent_result": {"exam_model": None}, "responses_csv": "s,1"},
+    ],
+)
+def test_grade_refuses_a_model_that_is_not_an_object_for_good(payload) -> None:
+    with pytest.raises(PermanentError, match="exam_model must be an exam model object"):
+        grade_exam(payload, Ctx())
+
+
 def test_the_plain_key_path_is_unchanged() -> None:
     result = grade_exam(
         {"key_csv": "item,key\nq1,A\n", "responses_csv": "student,q1\ns1,a\ns2,B\n"},
