@@ -367,6 +367,34 @@ def test_racing_enqueues_with_one_idempotency_key_make_one_job(open_queue, sql):
             assert count == 1
 
 
+def test_racing_chains_with_one_idempotency_key_make_one_chain(open_queue, sql):
+    first, second = open_queue("chainer-1"), open_queue("chainer-2")
+
+    def chain(q: Queue, key: str, last: dict) -> dict:
+        steps = [{"job_type": "system.noop", "payload": {}}, {"job_type": "system.noop", "payload": last}]
+        return q.transport.call(
+            "enqueue_chain", {"p_steps": steps, "p_idempotency_key": key, "p_user_id": PRO_USER}
+        )
+
+    for n in range(15):
+        same = run_together(*(partial(chain, q, f"same-{n}", {"n": n}) for q in (first, second)))
+        # Only the later step differs: the first steps alone would look alike.
+        different = run_together(
+            *(partial(chain, q, f"diff-{n}", {"from": i}) for i, q in enumerate((first, second)))
+        )
+
+        assert not any(isinstance(r, Exception) for r in same), same
+        assert same[0]["chain_id"] == same[1]["chain_id"]
+        made = [r for r in different if not isinstance(r, Exception)]
+        refused = [r for r in different if isinstance(r, Exception)]
+        assert len(made) == 1 and len(refused) == 1
+        assert isinstance(refused[0], IdempotencyConflict), refused[0]
+        for key in (f"same-{n}", f"diff-{n}"):
+            (root,) = sql.execute("select id from jobs where idempotency_key = %s", (key,)).fetchone()
+            steps = sql.execute("select count(*) from jobs where parent_id = %s", (root,)).fetchone()[0]
+            assert steps == 1
+
+
 def test_racing_enqueues_of_two_users_with_one_key_make_two_jobs(open_queue, sql):
     first, second = open_queue("enqueuer-1"), open_queue("enqueuer-2")
 
