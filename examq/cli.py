@@ -218,7 +218,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Process jobs here until this one finishes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug log lines.")] = False,
 ) -> None:
     """Enqueue one job; with --wait, run the worker here until it finishes."""
     if not math.isfinite(timeout) or timeout <= 0:
@@ -445,7 +445,7 @@ def notify(
 
 
 @app.command()
-def status(job_id: int, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(job_id: int, as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False) -> None:
     """Show one job."""
     _print_job(_queue(_settings()).get(job_id), as_json)
 
@@ -498,7 +498,7 @@ def dev(
     static_dir: Annotated[
         Optional[Path], typer.Option(help="Serve this built dashboard instead of dashboard/dist.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug log lines.")] = False,
 ) -> None:
     """Serve the dashboard, a local Supabase API stand-in and /api/cron, and fire the crons."""
     from examq import dev as dev_server
