@@ -21,8 +21,9 @@ passes the one its local Auth stand-in signs with). Over the Supabase API, Postg
 verifies the signature at the enqueue; before that, a token whose claims cannot be a
 signed-in user's (malformed, expired, an anon or service key) is refused here.
 
-Errors: 401 for a missing or invalid token, 400 for a bad body or payload (with the
-reason), 403 when the user may not do this, 413 for a payload over the tier's limit
+Errors: 401 for a missing or invalid token, or one whose user no longer exists, 400
+for a bad body or payload (with the reason), 403 when the user may not do this, 413
+for a payload over the tier's limit
 or a body over ``EXAMQ_MAX_INPUT_BYTES``, 409 when the idempotency key already names
 another job (another type or payload), 429 when the queued-job quota is reached, 500
 for missing configuration (naming the variable), 503 when the database is
@@ -290,6 +291,10 @@ def _user_transport(settings: ExamSettings, token: str) -> Any:
 def _database_error(exc: DatabaseError) -> JSONResponse:
     if is_token_rejection(exc):
         return _error(401, f"the access token was refused: {exc}")
+    if exc.sqlstate == "EQ007" and str(exc).startswith("no user with id "):
+        # This API enqueues only for the token's own user: a valid token whose user
+        # was deleted since it was issued (Supabase tokens live until they expire).
+        return _error(401, "the signed-in user no longer exists; sign in again")
     for cls, status in _STATUSES:
         if isinstance(exc, cls):
             return _error(status, str(exc))

@@ -516,3 +516,13 @@ def test_a_repeated_pipeline_key_with_other_responses_is_a_conflict(client, monk
     assert again.json()["chain_id"] == created.json()["chain_id"]
     assert conflict.status_code == 409, conflict.text
     assert sql.execute("select count(*) from jobs").fetchone() == (4,)
+
+
+def test_a_valid_token_of_a_deleted_user_is_refused_with_401(client, sql) -> None:
+    gone = "00000000-0000-4000-8000-0000000000ff"
+
+    response = post(client, {"job_type": "system.noop", "payload": {}}, token(gone))
+
+    assert response.status_code == 401, response.text
+    assert "no longer exists" in response.json()["error"]
+    assert sql.execute("select count(*) from jobs").fetchone() == (0,)
