@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from examq.exam.pipeline import chain_status, enqueue_chain, get_chain, pipeline_steps
+from examq.handlers.grade import grade_exam
 from examq.worker import Worker
 from tests.conftest import FREE_USER, PROJECT_ROOT, shared_data
 from tests.exam.test_statistics import HCI_ALPHA_IF_DELETED, HCI_ITEM_REST, HCI_P
@@ -99,6 +101,31 @@ def test_hci_pipeline_runs_as_four_jobs_and_reproduces_the_reference_values(
             "item_rest_r": pytest.approx(0.0434, abs=1e-4),
         }
     ]
+
+
+def test_the_bundled_gift_quiz_grades_the_sample_responses_as_the_sample_key_does(queue) -> None:
+    samples = PROJECT_ROOT / "examq" / "samples"
+    steps = pipeline_steps(
+        {
+            "exam": _inline(samples / "sample_quiz.gift"),
+            "responses": _inline(samples / "sample_responses.csv"),
+        }
+    )
+    chain = _run(queue, enqueue_chain(queue.transport, steps, user_id=FREE_USER)["chain_id"])
+    by_key = grade_exam(
+        {
+            "key_csv": (samples / "sample_key.csv").read_text(encoding="utf-8"),
+            "responses_csv": (samples / "sample_responses.csv").read_text(encoding="utf-8"),
+        },
+        SimpleNamespace(report_progress=lambda *a, **k: None, job_id=0, job_type="exam.grade", attempt=1),
+    )
+
+    graded = {job["job_type"]: job for job in chain["jobs"]}["exam.grade"]["result"]
+    assert graded["exam"]["source_format"] == "gift"
+    assert graded["summary"]["students"] == by_key["summary"]["students"] == 30
+    for figure in ("mean", "sd", "alpha"):
+        assert graded["summary"][figure] == pytest.approx(by_key["summary"][figure])
+    assert [round(i["p"], 6) for i in graded["items"]] == [round(i["p"], 6) for i in by_key["items"]]
 
 
 def test_a_failing_import_fails_the_chain_with_the_reason(queue) -> None:
