@@ -12,7 +12,8 @@ for a call from supabase-js. Then a short worker pass runs here before answering
 (``EXAMQ_SUBMIT_PASS_SECONDS``, default 8 s, 0 to skip) so that processing starts at
 once: Vercel's Python runtime cannot keep working after the response is sent, and the
 cron picks up whatever the pass leaves. The answer is 202 with the chain's jobs as
-the user sees them after the pass.
+the user sees them after the pass, the report's links (``report``, a pipeline) and
+the last job's result once it succeeded (``result``).
 
 The token is checked before the body is read, so a caller without a valid session
 learns nothing about what the API accepts. Over a direct connection it is verified
@@ -246,12 +247,17 @@ def _enqueue_and_kick(
         ),
         None,
     )
+    # The outcome of a single job (exam.grade, say) without a second read; a chain's
+    # is its report.
+    last = chain["jobs"][-1]
+    result = last.get("result") if last["status"] == "succeeded" else None
     return JSONResponse(
         {
             "chain_id": chain["chain_id"],
             "status": chain_status(chain["jobs"]),
             "jobs": [job_summary(job) for job in chain["jobs"]],
             "report": report,
+            "result": result,
             "pass": summary,
         },
         status_code=202,

@@ -14,7 +14,7 @@ import respx
 from starlette.testclient import TestClient
 
 import functions.jobs as jobs_function
-from tests.conftest import FREE_USER, PRO_USER, shared_data
+from tests.conftest import FREE_USER, PRO_USER, PROJECT_ROOT, shared_data
 
 SECRET = "super-secret-jwt-token-for-tests-only-0123456789"
 PROJECT = "https://proj.supabase.co"
@@ -526,3 +526,17 @@ def test_a_valid_token_of_a_deleted_user_is_refused_with_401(client, sql) -> Non
     assert response.status_code == 401, response.text
     assert "no longer exists" in response.json()["error"]
     assert sql.execute("select count(*) from jobs").fetchone() == (0,)
+
+
+def test_a_single_grading_job_answers_with_its_result(client) -> None:
+    samples = PROJECT_ROOT / "examq" / "samples"
+    payload = {
+        "key_csv": (samples / "sample_key.csv").read_text(encoding="utf-8"),
+        "responses_csv": (samples / "sample_responses.csv").read_text(encoding="utf-8"),
+    }
+
+    body = post(client, {"job_type": "exam.grade", "payload": payload}, token()).json()
+
+    assert body["status"] == "succeeded", body
+    assert body["report"] is None
+    assert body["result"]["summary"]["students"] == 30
