@@ -322,6 +322,11 @@ def _build_payload(job_type: str, key: Path | None, responses: Path | None, payl
     return body
 
 
+def _print_line(data: dict[str, Any]) -> None:
+    """One compact JSON line on stdout, flushed: a loop's record of a pass."""
+    print(json.dumps(data), flush=True)
+
+
 def _print_job(job: Job, as_json: bool) -> None:
     data = job.summary()
     if as_json:
@@ -386,16 +391,18 @@ def work(
             err.print(f"[yellow]database unavailable ({exc}); retrying in {pause:.0f} s[/]")
             time.sleep(pause)
             continue
-        # In a loop, idle passes print nothing: only passes that did something.
-        if not loop or summary.claimed:
-            out.print_json(json.dumps(summary.as_dict()))
         if not loop:
+            out.print_json(json.dumps(summary.as_dict()))
             return
+        # In a loop, one JSON line per pass that did something, as a log reads it;
+        # idle passes print nothing.
+        if summary.claimed:
+            _print_line(summary.as_dict())
         if time.monotonic() >= next_retention:
             next_retention = time.monotonic() + 60
             pruned = retention_step(worker.queue, settings.retention_days)
             if any(pruned.values()):
-                out.print_json(json.dumps(pruned))
+                _print_line(pruned)
             # A worker loop stands in for the cron: health and the cron-silence
             # alert read its passes as ticks.
             try:
@@ -436,10 +443,11 @@ def notify(
             err.print(f"[yellow]database unavailable ({exc}); retrying in {pause:.0f} s[/]")
             time.sleep(pause)
             continue
-        if not loop or summary.claimed:
-            out.print_json(json.dumps(summary.as_dict()))
         if not loop:
+            out.print_json(json.dumps(summary.as_dict()))
             return
+        if summary.claimed:
+            _print_line(summary.as_dict())
         if summary.claimed == 0:
             time.sleep(1.0)
 

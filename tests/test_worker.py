@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -257,17 +258,19 @@ def test_sigterm_gives_running_and_waiting_jobs_back(db_url, queue, batch_outcom
     assert [job.attempt for job in after] == [0, 0, 0]
 
 
-def test_a_worker_loop_prunes_and_records_its_tick_as_the_cron_does(db_url, queue, sql):
+def test_a_worker_loop_prunes_and_records_its_tick_as_the_cron_does(db_url, queue, sql, tmp_path):
     old = queue.enqueue("system.noop")
     recent = queue.enqueue("system.noop")
     for job in queue.claim("w", 10):
         queue.complete(job, {})
     sql.execute("update jobs set finished_at = now() - interval '2 days' where id = %s", (old.id,))
     env = {**os.environ, "DATABASE_URL": db_url, "EXAMQ_RETENTION_DAYS": "1"}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "examq", "work", "--loop"], env=env, cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    printed = tmp_path / "stdout"
+    with printed.open("w") as stdout:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "examq", "work", "--loop"], env=env, cwd=PROJECT_ROOT,
+            stdout=stdout, stderr=subprocess.DEVNULL,
+        )
     try:
         deadline = time.monotonic() + 60
         check = (
@@ -284,6 +287,10 @@ def test_a_worker_loop_prunes_and_records_its_tick_as_the_cron_does(db_url, queu
 
     remaining = {row[0] for row in sql.execute("select id from jobs").fetchall()}
     assert remaining == {recent.id}
+    # One JSON line for what it did (the queue was empty, so no pass line).
+    assert [json.loads(line) for line in printed.read_text().splitlines()] == [
+        {"pruned": 1, "pruned_notifications": 0}
+    ]
     # Its pass counts as a tick for health and the cron-silence alert.
     [(by,)] = sql.execute("select last_summary ->> 'by' from cron_runs where name = 'cron'").fetchall()
     assert by == "examq work --loop"
