@@ -90,11 +90,6 @@ begin
       -- A chain step that never started, cancelled with its chain, is not the chain's
       -- outcome: the step where the chain stopped reports it.
       and not (n.to_status = 'cancelled' and n.from_status = 'waiting')
-      -- Nor is a step that succeeded while the chain goes on (advance_chain, which
-      -- runs first, has already made its next step queued).
-      and not (n.to_status = 'succeeded'
-               and exists (select from public.jobs c
-                           where c.parent_id = n.job_id and c.status in ('waiting', 'queued', 'running')))
   ) e
   left join public.notification_preferences p on p.user_id = e.user_id
   cross join lateral (
@@ -119,6 +114,13 @@ begin
     and not (e.event = 'succeeded'
              and coalesce(p.success_min_seconds, 60) > 0
              and (j.ran is null or j.ran < make_interval(secs => coalesce(p.success_min_seconds, 60))))
+    -- Nor is a step that succeeded while the chain goes on (advance_chain, which runs
+    -- first, has already made its next step queued). Checked last, so only for a
+    -- success the rules above would notify: most successes of a busy queue are short
+    -- and never reach the probe.
+    and not (e.event = 'succeeded'
+             and exists (select from public.jobs s
+                         where s.parent_id = e.job_id and s.status in ('waiting', 'queued', 'running')))
   order by e.id, c.channel
   on conflict on constraint notification_outbox_event_id_audience_channel_key do nothing;
 
